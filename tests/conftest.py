@@ -1,0 +1,42 @@
+"""Fixtures shared by every test area. Area fixtures live in tests/<area>/conftest.py."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def conformance_path() -> Path | None:
+    """The ANS DRIM-M test data: $DRIMBOX_CONFORMANCE, else ../shared/conformance/drim-m-data."""
+    env = os.environ.get("DRIMBOX_CONFORMANCE")
+    candidates = [Path(env)] if env else [REPO.parent / "shared" / "conformance" / "drim-m-data"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def conformance_dir() -> Path:
+    p = conformance_path()
+    if p is None:
+        pytest.skip("ANS conformance data not found: set DRIMBOX_CONFORMANCE to the drim-m-data "
+                    "directory (default ../shared/conformance/drim-m-data beside the checkout)")
+    return p
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (tests run in parallel with other services)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def port_factory():
+    return free_port
