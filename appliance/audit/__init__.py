@@ -15,10 +15,14 @@ __all__ = ["record"]
 
 
 def record(db: Database, actor: str, action: str, interface: str, *, patient_id: str = "",
-           study_uid: str = "", outcome: str = "ok", detail: str = "") -> None:
-    """Append one audit event (autocommitted). Blocking: call from an executor on the loop."""
+           study_uid: str = "", outcome: str = "ok", detail: str = "", correlation: str | None = None) -> None:
+    """Append one audit event (autocommitted). Blocking: call from an executor on the loop.
+
+    ``correlation`` defaults to the current correlation id; pass it explicitly from executor
+    threads, which do not inherit the caller's context.
+    """
     db.execute(
         "INSERT INTO audit_events(ts, actor, action, interface, patient_id, study_uid, outcome,"
         " detail, correlation) VALUES (?,?,?,?,?,?,?,?,?)",
         (time.time(), actor, action, interface, patient_id, study_uid, outcome, detail,
-         correlation_id.get()))
+         correlation_id.get() if correlation is None else correlation))

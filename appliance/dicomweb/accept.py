@@ -13,7 +13,8 @@ EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"   # PS3.18 §8.7.3.5.2: the default when 
 MAX_HEADER_CHARS = 8192
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_PARAM = re.compile(rf"\s*;\s*({_TOKEN})\s*=\s*({_TOKEN}|\"(?:[^\"\\]|\\.)*\")")
+# Unquoted values may hold '/' (OHIF sends type=application/octet-stream): accepted, leniently.
+_PARAM = re.compile(rf"\s*;\s*({_TOKEN})\s*=\s*([^;,\"\s]+|\"(?:[^\"\\]|\\.)*\")")
 _RANGE = re.compile(rf"\s*({_TOKEN})/({_TOKEN})")
 _Q = re.compile(r"(0(\.\d{0,3})?|1(\.0{0,3})?)")
 

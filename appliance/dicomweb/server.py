@@ -22,9 +22,10 @@ from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Collection, TypeVar
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from appliance import audit
-from appliance.logs import new_correlation_id
+from appliance.logs import correlation_id, new_correlation_id
 from appliance.store import BASE, Store, valid_uid
 
 from . import multipart, qido
@@ -117,10 +118,11 @@ class DicomWeb:
 
     async def _audit(self, request: web.Request, action: str, *, patient_id: str = "",
                      study_uid: str = "", detail: str = "") -> None:
+        actor, cid = self.actor(request), correlation_id.get()  # contextvars stay on the loop
         try:
             await self._run(lambda: audit.record(
-                self.store.db, self.actor(request), action, "http", patient_id=patient_id,
-                study_uid=study_uid, detail=detail))
+                self.store.db, actor, action, "http", patient_id=patient_id,
+                study_uid=study_uid, detail=detail, correlation=cid))
         except Exception:
             log.exception("audit write failed; refusing to serve patient data")
             raise web.HTTPServiceUnavailable(text="audit trail unavailable\n") from None
@@ -238,8 +240,6 @@ class DicomWeb:
                 head = tail = b""
                 resp.headers["Content-Type"] = part_type
             resp.content_length = len(head) + size + len(tail)
-            if (add_cors := request.get("cors")) is not None:
-                add_cors(resp)
             await resp.prepare(request)
             if head:
                 await resp.write(head)
@@ -285,45 +285,39 @@ def _fill_base(stored_gz: bytes, base: str) -> bytes:
     return gzip.compress(body, compresslevel=6, mtime=0)
 
 
-def _cors_middleware(allow_origin: OriginPolicy) -> Any:
+def _cors(allow_origin: OriginPolicy) -> tuple[Any, Callable[..., Awaitable[None]]]:
+    """(middleware answering preflights, hook adding CORS headers to allowed origins' answers).
+
+    The hook runs from ``on_response_prepare``, so streamed and error answers get it too.
+    """
     @web.middleware
-    async def cors(request: web.Request,
-                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                   ) -> web.StreamResponse:
+    async def preflight(request: web.Request,
+                        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                        ) -> web.StreamResponse:
+        if request.method != "OPTIONS":
+            return await handler(request)
         origin = request.headers.get("Origin")
-        allowed = origin is not None and allow_origin(origin)
-        if request.method == "OPTIONS":
-            if origin is None:
-                return web.Response(status=204, headers={"Allow": "GET, OPTIONS"})
-            if not allowed:
-                return web.Response(status=403, text="origin not allowed\n")
-            return web.Response(status=204, headers={
-                "Access-Control-Allow-Origin": origin,
-                "Access-Control-Allow-Methods": "GET",
-                "Access-Control-Allow-Headers": _CORS_REQUEST_HEADERS,
-                "Access-Control-Max-Age": "600",
-                "Vary": "Origin",
-            })
-        if allowed:
-            assert origin is not None
+        if origin is None:
+            return web.Response(status=204, headers={"Allow": "GET, OPTIONS"})
+        if not allow_origin(origin):
+            return web.Response(status=403, text="origin not allowed\n")
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": "GET",
+            "Access-Control-Allow-Headers": _CORS_REQUEST_HEADERS,
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin",
+        })
 
-            def add(resp: web.StreamResponse) -> None:
-                resp.headers["Access-Control-Allow-Origin"] = origin
-                resp.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
-                resp.headers.add("Vary", "Origin")
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
+        if request.method == "OPTIONS" or origin is None or not allow_origin(origin):
+            return
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
+        response.headers.add("Vary", "Origin")
 
-            request["cors"] = add  # StreamResponses get the headers before prepare()
-            try:
-                resp = await handler(request)
-            except web.HTTPException as e:
-                add(e)
-                raise
-            if not resp.prepared:
-                add(resp)
-            return resp
-        return await handler(request)
-
-    return cors
+    return preflight, add_headers
 
 
 @web.middleware
@@ -347,6 +341,19 @@ async def _context(request: web.Request,
         log.info("dicomweb request", extra={"route": route, "method": request.method,
                                             "status": status,
                                             "ms": round((time.perf_counter() - started) * 1e3, 1)})
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp access log without the query string, which may carry a patient's name or ID.
+
+    Pass it to the runner that serves this app: ``web.AppRunner(app, access_log_class=
+    AccessLogger)``; aiohttp's default access log writes the full request line.
+    """
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s", request.method, request.path, response.status,
+                         extra={"remote": request.remote, "status": response.status,
+                                "bytes": response.body_length, "ms": round(time * 1e3, 1)})
 
 
 def _origin_policy(cors_origins: Collection[str] | OriginPolicy) -> OriginPolicy:
@@ -375,7 +382,9 @@ def make_app(store: Store, *, cors_origins: Collection[str] | OriginPolicy = (),
     allow = _origin_policy(cors_origins)
     dw = DicomWeb(store, allow_origin=allow, base_url=base_url, actor=actor,
                   max_results=max_results, metadata_cache_bytes=metadata_cache_bytes)
-    app = web.Application(middlewares=[_context, _cors_middleware(allow)])
+    preflight, cors_headers = _cors(allow)
+    app = web.Application(middlewares=[_context, preflight])
+    app.on_response_prepare.append(cors_headers)
     app[STORE_KEY] = store
     r = app.router
     r.add_get("/studies", dw.search_studies, name="studies", allow_head=False)

@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from appliance import config
-from appliance.dicomweb import make_app
+from appliance.dicomweb import AccessLogger, make_app
 from appliance.generate import synthetic_study
 from appliance.store import Store
 from tests.conftest import free_port
@@ -80,7 +80,9 @@ def filled(store: Store, studies: dict[str, Study]) -> Store:
 async def _client(store: Store, **kwargs: object) -> TestClient:
     app = web.Application()
     app.add_subapp("/dicom-web", make_app(store, **kwargs))  # type: ignore[arg-type]
-    client = TestClient(TestServer(app, host="127.0.0.1", port=0))
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server(access_log_class=AccessLogger)  # as the daemon's runner does
+    client = TestClient(server)
     await client.start_server()
     return client
 
