@@ -24,8 +24,8 @@ from typing import Any, Awaitable, Callable, Collection, TypeVar
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from appliance import audit
-from appliance.logs import correlation_id, new_correlation_id
+from appliance.audit import AuditUnavailable, AuditWriter
+from appliance.logs import new_correlation_id
 from appliance.store import BASE, Store, valid_uid
 
 from . import multipart, qido
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 DICOM_JSON = "application/dicom+json"
 STORE_KEY = web.AppKey("dicomweb_store", Store)
+AUDIT_KEY = web.AppKey("dicomweb_audit", AuditWriter)
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
 # Headers a browser may send on a cross-origin DICOMweb request.
 _CORS_REQUEST_HEADERS = "Accept, Accept-Encoding, Authorization, Content-Type, KOS-SOPInstanceUID"
@@ -93,8 +94,9 @@ class DicomWeb:
 
     def __init__(self, store: Store, *, allow_origin: OriginPolicy, base_url: str | None,
                  actor: Callable[[web.Request], str], max_results: int,
-                 metadata_cache_bytes: int) -> None:
+                 metadata_cache_bytes: int, audit: AuditWriter) -> None:
         self.store = store
+        self.audit = audit
         self.allow_origin = allow_origin
         self.base_url = base_url.rstrip("/") if base_url else None
         self.actor = actor
@@ -118,13 +120,13 @@ class DicomWeb:
 
     async def _audit(self, request: web.Request, action: str, *, patient_id: str = "",
                      study_uid: str = "", detail: str = "") -> None:
-        actor, cid = self.actor(request), correlation_id.get()  # contextvars stay on the loop
+        """Queue the audit event before any patient data leaves; 503 if the trail is down."""
         try:
-            await self._run(lambda: audit.record(
-                self.store.db, actor, action, "http", patient_id=patient_id,
-                study_uid=study_uid, detail=detail, correlation=cid))
-        except Exception:
-            log.exception("audit write failed; refusing to serve patient data")
+            self.audit.record(self.actor(request), action, "http", patient_id=patient_id,
+                              study_uid=study_uid, detail=detail)
+            if self.audit.flush_interval <= 0:
+                await self.audit.flush()
+        except AuditUnavailable:
             raise web.HTTPServiceUnavailable(text="audit trail unavailable\n") from None
 
     @staticmethod
@@ -370,7 +372,8 @@ def _peer(request: web.Request) -> str:
 def make_app(store: Store, *, cors_origins: Collection[str] | OriginPolicy = (),
              base_url: str | None = None, actor: Callable[[web.Request], str] = _peer,
              max_results: int = qido.DEFAULT_MAX_RESULTS,
-             metadata_cache_bytes: int = 64 * 1024 * 1024) -> web.Application:
+             metadata_cache_bytes: int = 64 * 1024 * 1024,
+             audit_flush_interval: float = 0.1) -> web.Application:
     """The DICOMweb read side over an open ``store``.
 
     ``cors_origins``: exact origins (``https://viewer.example.org``) or a predicate; default
@@ -378,14 +381,24 @@ def make_app(store: Store, *, cors_origins: Collection[str] | OriginPolicy = (),
     RetrieveURL and BulkDataURI (default: from the request's scheme, Host and mount point).
     ``actor``: who the audit trail names for a request (default: the peer address; the
     authentication layer will pass the authenticated professional).
+    ``audit_flush_interval``: audit events are committed in batches at this interval (seconds);
+    0 commits each before its data is served (one fsync per request).
     """
     allow = _origin_policy(cors_origins)
+    writer = AuditWriter(store.db, flush_interval=audit_flush_interval)
     dw = DicomWeb(store, allow_origin=allow, base_url=base_url, actor=actor,
-                  max_results=max_results, metadata_cache_bytes=metadata_cache_bytes)
+                  max_results=max_results, metadata_cache_bytes=metadata_cache_bytes,
+                  audit=writer)
     preflight, cors_headers = _cors(allow)
     app = web.Application(middlewares=[_context, preflight])
     app.on_response_prepare.append(cors_headers)
     app[STORE_KEY] = store
+    app[AUDIT_KEY] = writer
+
+    async def flush_audit(_: web.Application) -> None:
+        await writer.aclose()
+
+    app.on_cleanup.append(flush_audit)
     r = app.router
     r.add_get("/studies", dw.search_studies, name="studies", allow_head=False)
     r.add_get("/studies/{study}/series", dw.search_series, name="series", allow_head=False)

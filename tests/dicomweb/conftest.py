@@ -7,6 +7,7 @@ it once merged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from appliance import config
 from appliance.dicomweb import AccessLogger, make_app
+from appliance.dicomweb.server import AUDIT_KEY
 from appliance.generate import synthetic_study
 from appliance.store import Store
 from tests.conftest import free_port
@@ -79,12 +81,19 @@ def filled(store: Store, studies: dict[str, Study]) -> Store:
 
 async def _client(store: Store, **kwargs: object) -> TestClient:
     app = web.Application()
-    app.add_subapp("/dicom-web", make_app(store, **kwargs))  # type: ignore[arg-type]
+    sub = make_app(store, **kwargs)  # type: ignore[arg-type]
+    app.add_subapp("/dicom-web", sub)
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server(access_log_class=AccessLogger)  # as the daemon's runner does
     client = TestClient(server)
     await client.start_server()
+    client.dicomweb = sub  # type: ignore[attr-defined]  # for flush_audit()
     return client
+
+
+async def flush_audit(client: TestClient) -> None:
+    """Commit the audit events the server has queued (it batches them)."""
+    await client.dicomweb[AUDIT_KEY].flush()  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -115,6 +124,7 @@ async def make_client() -> AsyncIterator[object]:
 class Orthanc:
     url: str          # http://127.0.0.1:port
     dicomweb: str     # url + /dicom-web
+    dicom_port: int
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> bytes:
         req = urllib.request.Request(self.url + path, headers=headers or {})
@@ -132,33 +142,40 @@ class Orthanc:
                 r.read()
 
 
-@pytest.fixture(scope="session")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+def orthanc_missing() -> str | None:
+    """Why Orthanc with DICOMweb cannot run here, or None."""
     if not os.path.exists(ORTHANC):
-        pytest.skip("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
+        return "Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)"
     if not DICOMWEB_PLUGIN.exists():
-        pytest.skip(f"Orthanc DICOMweb plugin missing: {DICOMWEB_PLUGIN} (apt-get install "
-                    "orthanc-dicomweb)")
-    d = tmp_path_factory.mktemp("orthanc")
+        return f"Orthanc DICOMweb plugin missing: {DICOMWEB_PLUGIN} (apt-get install orthanc-dicomweb)"
+    return None
+
+
+@contextlib.contextmanager
+def run_orthanc(workdir: Path) -> Iterator[Orthanc]:
+    """A private Orthanc on free loopback ports, storage in ``workdir``; stopped on exit."""
     http_port, dicom_port = free_port(), free_port()
     cfg = {
         "Name": "DRIMBOX-TEST-PACS",
-        "StorageDirectory": str(d / "storage"),
-        "IndexDirectory": str(d / "index"),
+        "StorageDirectory": str(workdir / "storage"),
+        "IndexDirectory": str(workdir / "index"),
         "HttpPort": http_port,
         "DicomPort": dicom_port,
         "DicomAet": "TESTPACS",
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "StorageCompression": False,
+        "MaximumPduLength": 131072,
         "Plugins": [str(DICOMWEB_PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
-    (d / "orthanc.json").write_text(json.dumps(cfg))
-    log = open(d / "orthanc.log", "wb")
-    proc = subprocess.Popen([ORTHANC, str(d / "orthanc.json")], stdout=log,
-                            stderr=subprocess.STDOUT, cwd=d)
-    peer = Orthanc(f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{http_port}/dicom-web")
+    (workdir / "orthanc.json").write_text(json.dumps(cfg))
+    log = open(workdir / "orthanc.log", "wb")
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    proc = subprocess.Popen([ORTHANC, str(workdir / "orthanc.json")], stdout=log,
+                            stderr=subprocess.STDOUT, cwd=workdir, env=env)
+    peer = Orthanc(f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{http_port}/dicom-web",
+                   dicom_port)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -167,8 +184,8 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
                 break
             except (urllib.error.URLError, ConnectionError):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("Orthanc did not start; log:\n"
-                                       + (d / "orthanc.log").read_text(errors="replace")[-3000:])
+                    raise RuntimeError("Orthanc did not start; log:\n" + (
+                        workdir / "orthanc.log").read_text(errors="replace")[-3000:])
                 time.sleep(0.2)
         yield peer
     finally:
@@ -178,6 +195,15 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    reason = orthanc_missing()
+    if reason:
+        pytest.skip(reason)
+    with run_orthanc(tmp_path_factory.mktemp("orthanc")) as peer:
+        yield peer
 
 
 @pytest.fixture(scope="session")
