@@ -5,7 +5,7 @@
 A 300-slice synthetic CT (about 158 MB) goes into a box store and, by storescu (TCP_NODELAY),
 into a private Orthanc. Each server runs in its own process. Measured warm (after one untimed
 pass): WADO-RS retrieve of every instance (concurrency 1 and 6), series /metadata with and without
-gzip, and a QIDO study search. Prints medians, spread and the box/Orthanc ratio against the targets
+gzip, and QIDO; the servers alternate within each case. Prints medians, spread and the box/Orthanc ratio against the targets
 of IMAGING-AND-PERFORMANCE.md §3. Not run in CI; takes well under a minute.
 """
 
@@ -59,51 +59,68 @@ def serve(data_dir: str) -> None:
     asyncio.run(main())
 
 
-async def timed(fn: Callable[[], Awaitable[int]], runs: int) -> tuple[list[float], int]:
-    await fn()                                  # warm: page cache, metadata cache, connections
-    times, size = [], 0
-    for _ in range(runs):
-        t = time.perf_counter()
-        size = await fn()
-        times.append(time.perf_counter() - t)
-    return times, size
+Case = Callable[[], Awaitable[int]]
 
 
-async def bench_server(base: str, study: str, series: str, sops: list[str],
-                       runs: int) -> dict[str, tuple[list[float], int]]:
-    conn = aiohttp.TCPConnector(limit=6)
-    async with aiohttp.ClientSession(connector=conn, auto_decompress=False) as s:
-        async def get(url: str, headers: dict[str, str]) -> int:
-            async with s.get(url, headers=headers) as r:
-                assert r.status == 200, (url, r.status, await r.text())
-                return len(await r.read())
+def cases(s: aiohttp.ClientSession, base: str, study: str, series: str,
+          sops: list[str]) -> dict[str, Case]:
+    """name -> a coroutine factory doing one timed unit of work, returning bytes received."""
+    async def get(url: str, headers: dict[str, str]) -> int:
+        async with s.get(url, headers=headers) as r:
+            assert r.status == 200, (url, r.status, await r.text())
+            return len(await r.read())
 
-        inst = f"{base}/studies/{study}/series/{series}/instances"
+    inst = f"{base}/studies/{study}/series/{series}/instances"
+    meta = f"{base}/studies/{study}/series/{series}/metadata"
 
-        async def every_instance(concurrency: int) -> int:
+    def every_instance(concurrency: int) -> Case:
+        async def run() -> int:
             sem = asyncio.Semaphore(concurrency)
 
             async def one(sop: str) -> int:
                 async with sem:
                     return await get(f"{inst}/{sop}", {"Accept": ACCEPT_DICOM,
-                                                        "Accept-Encoding": "identity"})
+                                                       "Accept-Encoding": "identity"})
             return sum(await asyncio.gather(*(one(x) for x in sops)))
+        return run
 
-        meta = f"{base}/studies/{study}/series/{series}/metadata"
-        out = {
-            "WADO-RS every instance, 1 at a time": await timed(lambda: every_instance(1), runs),
-            "WADO-RS every instance, 6 at a time": await timed(lambda: every_instance(6), runs),
-            "series /metadata, gzip": await timed(
-                lambda: get(meta, {"Accept": "application/dicom+json",
-                                   "Accept-Encoding": "gzip"}), runs),
-            "series /metadata, identity": await timed(
-                lambda: get(meta, {"Accept": "application/dicom+json",
-                                   "Accept-Encoding": "identity"}), runs),
-            "QIDO /studies?StudyInstanceUID": await timed(
-                lambda: get(f"{base}/studies?StudyInstanceUID={study}", QIDO), runs),
-            "QIDO series instances": await timed(lambda: get(inst, QIDO), runs),
-        }
-    return out
+    return {
+        "WADO-RS every instance, 1 at a time": every_instance(1),
+        "WADO-RS every instance, 6 at a time": every_instance(6),
+        "series /metadata, gzip": lambda: get(meta, {"Accept": "application/dicom+json",
+                                                     "Accept-Encoding": "gzip"}),
+        "series /metadata, identity": lambda: get(meta, {"Accept": "application/dicom+json",
+                                                         "Accept-Encoding": "identity"}),
+        "QIDO /studies?StudyInstanceUID": lambda: get(
+            f"{base}/studies?StudyInstanceUID={study}", QIDO),
+        "QIDO series instances": lambda: get(inst, QIDO),
+    }
+
+
+async def bench(bases: dict[str, str], study: str, series: str, sops: list[str],
+                runs: int) -> dict[str, dict[str, tuple[list[float], int]]]:
+    """Each case: one warm-up per server, then ``runs`` rounds alternating the servers."""
+    sessions = {n: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=6),
+                                         auto_decompress=False) for n in bases}
+    try:
+        table = {n: cases(sessions[n], b, study, series, sops) for n, b in bases.items()}
+        out: dict[str, dict[str, tuple[list[float], int]]] = {n: {} for n in bases}
+        for case in table[next(iter(bases))]:
+            times: dict[str, list[float]] = {n: [] for n in bases}
+            size: dict[str, int] = {}
+            for n in bases:
+                await table[n][case]()
+            for _ in range(runs):
+                for n in bases:
+                    t = time.perf_counter()
+                    size[n] = await table[n][case]()
+                    times[n].append(time.perf_counter() - t)
+            for n in bases:
+                out[n][case] = (times[n], size[n])
+        return out
+    finally:
+        for sess in sessions.values():
+            await sess.close()
 
 
 def rss_kb(pid: int) -> int:
@@ -159,9 +176,8 @@ def main() -> None:
             subprocess.run(["storescu", "-aet", "BENCH", "-aec", "TESTPACS", "-xs",
                             "127.0.0.1", str(orthanc.dicom_port), *map(str, files)],
                            check=True, env={**os.environ, "TCP_NODELAY": "1"})
-            results = {}
-            for name, base in (("box", box_base), ("orthanc", orthanc.dicomweb)):
-                results[name] = asyncio.run(bench_server(base, study, series, sops, args.runs))
+            results = asyncio.run(bench({"box": box_base, "orthanc": orthanc.dicomweb},
+                                        study, series, sops, args.runs))
             box_rss = rss_kb(box.pid) / 1024
         report(results, args.runs, total_mb, box_rss)
     finally:
