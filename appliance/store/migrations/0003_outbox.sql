@@ -42,3 +42,13 @@ CREATE TABLE publications (
     published_at  REAL
 );
 CREATE INDEX publications_study ON publications(study_uid, version);
+
+-- Instances withdrawn by an IOCM rejection note: never listed in a KOS again.
+CREATE TABLE rejected_instances (
+    sop_uid       TEXT PRIMARY KEY,
+    study_uid     TEXT NOT NULL,
+    note_uid      TEXT NOT NULL,               -- SOP Instance UID of the rejection note
+    reason_code   TEXT NOT NULL,               -- 113001, 113037, 113038, 113039
+    received_at   REAL NOT NULL
+);
+CREATE INDEX rejected_study ON rejected_instances(study_uid);
