@@ -20,10 +20,12 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydicom import config as pydicom_config
+from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import dcmread
@@ -221,6 +223,23 @@ class RejectionNote:
 # --- building --------------------------------------------------------------------------------
 
 
+class _Quiet(Dataset):
+    """A Dataset whose attribute assignments skip pydicom's per-value validation.
+
+    That validation warns *and logs* with the offending value quoted, which for a name or an INS
+    would put patient data in the box's logs. Everything is validated once in _validate_values,
+    with messages that name the attribute, never its value.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        tag = tag_for_keyword(name)
+        if tag is None:
+            super().__setattr__(name, value)
+            return
+        self[tag] = DataElement(tag, dictionary_VR(tag), value,
+                                validation_mode=pydicom_config.IGNORE)
+
+
 def build_kos(req: KosRequest) -> BuiltKos:
     """The DRIM-M manifest of ``req.study``: Part 10 bytes and its fresh SOP Instance UID."""
     _check_request(req)
@@ -243,7 +262,7 @@ def build_kos(req: KosRequest) -> BuiltKos:
     ds.IssuerOfPatientIDQualifiersSequence = [_iso_issuer(p.ins_oid)]
     ds.PatientBirthDate = p.birth_date.strftime("%Y%m%d") if p.birth_date else ""
     ds.PatientSex = p.sex
-    other = Dataset()
+    other = _Quiet()
     other.PatientID = p.ins
     other.IssuerOfPatientID = ds.IssuerOfPatientID
     other.TypeOfPatientID = "TEXT"
@@ -364,7 +383,7 @@ def _group_by_series(instances: Iterable[Instance]) -> list[list[Instance]]:
 
 
 def _document(sop_uid: str, created: datetime, title: Code) -> Dataset:
-    ds = Dataset()
+    ds = _Quiet()
     ds.SpecificCharacterSet = "ISO_IR 100"  # replaced by ISO_IR 192 in _finish when needed
     ds.SOPClassUID = KOS_SOP_CLASS_UID
     ds.SOPInstanceUID = sop_uid
@@ -377,7 +396,7 @@ def _document(sop_uid: str, created: datetime, title: Code) -> Dataset:
     ds.ValueType = "CONTAINER"
     ds.ConceptNameCodeSequence = [_code(title)]
     ds.ContinuityOfContent = "SEPARATE"
-    template = Dataset()
+    template = _Quiet()
     template.MappingResource = "DCMR"
     template.TemplateIdentifier = "2010"
     ds.ContentTemplateSequence = [template]
@@ -409,7 +428,7 @@ def _series_module(ds: Dataset, series_uid: str, number: int, created: datetime)
 
 
 def _referenced_request(study: Study) -> Dataset:
-    item = Dataset()
+    item = _Quiet()
     item.StudyInstanceUID = study.study_uid
     item.ReferencedStudySequence = []
     item.AccessionNumber = study.accession_number
@@ -431,11 +450,11 @@ def _evidence(
     url: Callable[[str], str] | None,
     location_uid: str | None,
 ) -> Dataset:
-    study_item = Dataset()
+    study_item = _Quiet()
     study_item.StudyInstanceUID = study_uid
     items = []
     for members in series:
-        s = Dataset()
+        s = _Quiet()
         s.SeriesInstanceUID = members[0].series_uid
         if url is not None:
             s.RetrieveURL = url(members[0].series_uid)
@@ -449,12 +468,12 @@ def _evidence(
 
 def _device_observer(device_uid: str, device_name: str) -> list[Dataset]:
     """TID 1002/1004 observer context: the box itself is the observer (a device)."""
-    kind = Dataset()
+    kind = _Quiet()
     kind.RelationshipType = "HAS OBS CONTEXT"
     kind.ValueType = "CODE"
     kind.ConceptNameCodeSequence = [_code(Code("121005", "DCM", "Observer Type"))]
     kind.ConceptCodeSequence = [_code(Code("121007", "DCM", "Device"))]
-    uid = Dataset()
+    uid = _Quiet()
     uid.RelationshipType = "HAS OBS CONTEXT"
     uid.ValueType = "UIDREF"
     uid.ConceptNameCodeSequence = [_code(Code("121012", "DCM", "Device Observer UID"))]
@@ -476,7 +495,7 @@ def _description(study: Study, series: list[list[Instance]]) -> str:
 
 
 def _text_item(concept: Code, text: str) -> Dataset:
-    item = Dataset()
+    item = _Quiet()
     item.RelationshipType = "CONTAINS"
     item.ValueType = "TEXT"
     item.ConceptNameCodeSequence = [_code(concept)]
@@ -488,7 +507,7 @@ def _reference_items(series: list[list[Instance]]) -> list[Dataset]:
     items = []
     for members in series:
         for inst in members:
-            item = Dataset()
+            item = _Quiet()
             item.RelationshipType = "CONTAINS"
             item.ValueType = _value_type(inst.sop_class_uid)
             item.ReferencedSOPSequence = [_sop_ref(inst)]
@@ -518,14 +537,14 @@ def _value_type(sop_class_uid: str) -> str:
 
 
 def _sop_ref(inst: Instance) -> Dataset:
-    ref = Dataset()
+    ref = _Quiet()
     ref.ReferencedSOPClassUID = inst.sop_class_uid
     ref.ReferencedSOPInstanceUID = inst.sop_instance_uid
     return ref
 
 
 def _code(code: Code) -> Dataset:
-    item = Dataset()
+    item = _Quiet()
     item.CodeValue = code.value
     item.CodingSchemeDesignator = code.scheme
     item.CodeMeaning = code.meaning or code.value
@@ -533,7 +552,7 @@ def _code(code: Code) -> Dataset:
 
 
 def _iso_issuer(oid: str) -> Dataset:
-    item = Dataset()
+    item = _Quiet()
     item.UniversalEntityID = oid
     item.UniversalEntityIDType = "ISO"
     return item
@@ -556,7 +575,7 @@ def _finish(ds: Dataset, sop_uid: str, series_uid: str, instance_number: int) ->
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    ds.file_meta = meta
+    ds.file_meta = meta  # type: ignore[assignment]
     ds.preamble = b"\0" * 128
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
@@ -569,9 +588,9 @@ _STRING_VRS = _TEXT_VRS | {"AE", "CS", "DA", "TM", "UI", "UR"}
 
 def _encodable(ds: Dataset, codec: str) -> bool:
     for elem in ds.iterall():
-        if elem.VR in _TEXT_VRS and isinstance(elem.value, str):
+        if elem.VR in _TEXT_VRS and elem.value is not None:
             try:
-                elem.value.encode(codec)
+                str(elem.value).encode(codec)
             except UnicodeEncodeError:
                 return False
     return True
@@ -591,8 +610,12 @@ def _validate_values(ds: Dataset, path: str) -> None:
         for v in values:
             try:
                 validate_value(elem.VR, str(v), pydicom_config.RAISE)
-            except ValueError as e:
-                raise KosBuildError(f"{where}: {e}") from None
+            except ValueError:
+                # pydicom's message may quote the value (patient data): say what is wrong instead.
+                raise KosBuildError(
+                    f"{where}: a {len(str(v))}-character value not allowed for VR {elem.VR} "
+                    "(too long or forbidden characters)"
+                ) from None
 
 
 # --- parsing ---------------------------------------------------------------------------------
