@@ -25,10 +25,11 @@ from urllib.parse import urlsplit
 
 from pydicom import config as pydicom_config
 from pydicom.dataelem import DataElement
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VM, dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import dcmread
+from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import validate_value
 
@@ -606,7 +607,12 @@ def _validate_values(ds: Dataset, path: str) -> None:
             continue
         if elem.VR not in _STRING_VRS:
             continue  # numbers are set from ints by this module
-        values = elem.value if isinstance(elem.value, (list, tuple)) else [elem.value]
+        if isinstance(elem.value, MultiValue) or elem.VM > 1:
+            if dictionary_VM(elem.tag) == "1":
+                raise KosBuildError(f"{where}: one value expected (a backslash separates values)")
+            values = list(elem.value)
+        else:
+            values = [elem.value]
         for v in values:
             try:
                 validate_value(elem.VR, str(v), pydicom_config.RAISE)
