@@ -640,7 +640,9 @@ def rejection_note(data: bytes | Dataset, *, max_bytes: int = MAX_KOS_BYTES) -> 
 
     def run() -> RejectionNote | None:
         ds = data if isinstance(data, Dataset) else _read(data, max_bytes)
-        if str(ds.get("SOPClassUID", "")) != KOS_SOP_CLASS_UID:
+        if isinstance(data, Dataset):
+            _decode_all(ds)
+        if _uid(ds, "SOPClassUID") != KOS_SOP_CLASS_UID:
             return None
         title = _title(ds)
         if title not in REJECTION_TITLES:
@@ -649,27 +651,35 @@ def rejection_note(data: bytes | Dataset, *, max_bytes: int = MAX_KOS_BYTES) -> 
             sop_instance_uid=_uid(ds, "SOPInstanceUID"),
             reason=title,
             patient_id=str(ds.get("PatientID", "") or ""),
-            rejected=_evidence_refs(ds),
+            rejected=_checked_evidence(ds),
         )
 
     return _guarded(run)
 
 
+# pydicom reads damaged files leniently: a missing delimiter or a short file only *warns* and
+# yields a partial dataset. These warnings mean references may be lost, so they are fatal here.
+_DAMAGE_WARNINGS = ("End of file", "Expected sequence item", "Expected 0x00000000", "Unknown VR")
+
+
 def _guarded(fn: Callable[[], _T]) -> _T:
     # pydicom parses lazily and raises whatever the bytes provoke (ValueError, KeyError,
     # struct.error, EOFError, TypeError, UnicodeDecodeError, RecursionError…); callers get one type.
-    with warnings.catch_warnings():
-        # pydicom warnings quote element values, i.e. patient data: never let them reach the logs.
-        # (Filters are process-global in Python 3.11: a concurrent thread may miss a warning, at worst.)
-        warnings.simplefilter("ignore")
+    # Warnings are recorded, not shown: pydicom's quote element values, i.e. patient data.
+    # (Filters are process-global in Python 3.11: a concurrent thread may miss a warning, at worst.)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         try:
-            return fn()
+            result = fn()
         except KosParseError:
             raise
         except InvalidDicomError as e:
             raise KosParseError(f"not a DICOM Part 10 file: {e}") from None
         except Exception as e:  # noqa: BLE001 - see above
             raise KosParseError(f"malformed DICOM ({type(e).__name__})") from None
+    if any(str(w.message).startswith(_DAMAGE_WARNINGS) for w in caught):
+        raise KosParseError("truncated or corrupt DICOM (an element or a sequence is cut)")
+    return result
 
 
 def _read(data: bytes, max_bytes: int) -> Dataset:
@@ -678,10 +688,14 @@ def _read(data: bytes, max_bytes: int) -> Dataset:
     if len(data) > max_bytes:
         raise KosParseError(f"KOS of {len(data)} bytes exceeds the {max_bytes}-byte limit")
     ds = dcmread(io.BytesIO(bytes(data)))
-    # Decode every element now, so a truncated or corrupt file fails here, not later in a caller.
+    _decode_all(ds)
+    return ds
+
+
+def _decode_all(ds: Dataset) -> None:
+    """Decode every element now, so a corrupt file fails here rather than later in a caller."""
     for elem in ds.iterall():
         _ = elem.value
-    return ds
 
 
 def _manifest(ds: Dataset) -> KosManifest:
@@ -706,7 +720,7 @@ def _manifest(ds: Dataset) -> KosManifest:
         patient_id_issuer_oid=issuer,
         accession_number=accession,
         created=_content_datetime(ds),
-        series=_evidence_refs(ds),
+        series=_checked_evidence(ds),
     )
 
 
@@ -719,6 +733,23 @@ def _title(ds: Dataset) -> Code:
     if not value or not scheme:
         raise KosParseError("document title has no code value or coding scheme")
     return Code(str(value), str(scheme), str(item.get("CodeMeaning", "") or ""))
+
+
+def _checked_evidence(ds: Dataset) -> tuple[SeriesRef, ...]:
+    """The evidence references, after checking the content tree refers to nothing else (C.17.6.2)."""
+    series = _evidence_refs(ds)
+    content = ds.get("ContentSequence")
+    if not content:
+        raise KosParseError("ContentSequence missing or empty: a KOS references at least one object")
+    evidence = {sop.sop_instance_uid for s in series for sop in s.sops}
+    for item in content:
+        if item.get("ValueType") in ("IMAGE", "COMPOSITE", "WAVEFORM"):
+            refs = item.get("ReferencedSOPSequence")
+            if not refs:
+                raise KosParseError("content item without ReferencedSOPSequence")
+            if _uid(refs[0], "ReferencedSOPInstanceUID", "content ") not in evidence:
+                raise KosParseError("content refers to an instance missing from the evidence")
+    return series
 
 
 def _evidence_refs(ds: Dataset) -> tuple[SeriesRef, ...]:
