@@ -212,16 +212,17 @@ def parse_message(text: str) -> Report:
     txa = _one(msg, "TXA", required=(mtype == "MDM"))
 
     document_obx, flags = _observations(msg)
-    result_status = _get(document_obx, 11) if document_obx is not None else ""
-    action = _action(mtype, trigger, order_control, result_status)
-    cda = _document(document_obx) if document_obx is not None else None
-    if cda is None and action is not Action.WITHDRAW:
+    if document_obx is None and not (mtype == "MDM" and trigger == "T04"):
         raise Hl7Error("AE", ErrorCode.REQUIRED_FIELD_MISSING,
                        "no OBX carries the CDA report (OBX-2 ED, OBX-5 ^TEXT^XML^Base64^...)",
                        "OBX")
-    if cda is None and not (txa is not None and _get(txa, 12)):
+    if document_obx is None and not (txa is not None and _get(txa, 12)):
         raise Hl7Error("AE", ErrorCode.REQUIRED_FIELD_MISSING,
-                       "a withdrawal needs the CDA (OBX-5) or the document number (TXA-12)", "OBX")
+                       "an MDM^T04 without the CDA (OBX-5) needs the document number (TXA-12)",
+                       "TXA^1^12")
+    result_status = _get(document_obx, 11) if document_obx is not None else ""
+    action = _action(mtype, trigger, order_control, result_status)
+    cda = _document(document_obx) if document_obx is not None else None
 
     return Report(
         control_id=control_id,
