@@ -13,6 +13,7 @@ from appliance.config import Config
 from appliance.daemon import Daemon
 from appliance.dicom.scp import DicomNode
 from appliance.dicom.scu import PacsLink
+from appliance.dicomweb import server as dicomweb
 from appliance.store import Store
 from appliance.store.component import StoreComponent
 from appliance.web import admin
@@ -25,6 +26,7 @@ def build(config: Config) -> Daemon:
     components: list[Component] = [StoreComponent(store), DicomNode(config, store), pacs]
     subapps: dict[str, web.Application] = {
         "/api/admin": admin.make_app(config, store, pacs),
+        "/dicom-web": dicomweb.make_app(store),
     }
     daemon = Daemon(config, components)
     app = make_app(daemon.health, subapps)
