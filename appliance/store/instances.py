@@ -70,6 +70,43 @@ def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
         return None
 
 
+def _check_complete(ds: pydicom.Dataset, transfer_syntax: str) -> None:
+    """Refuse a file cut short: pydicom reads a truncated file without complaint."""
+    if "PixelData" not in ds:
+        if ds.get("Rows") and ds.get("Columns") and "FloatPixelData" not in ds \
+                and "DoubleFloatPixelData" not in ds:
+            raise InvalidInstance("truncated: image attributes present but no pixel data")
+        return
+    elem = ds["PixelData"]
+    if pydicom.uid.UID(transfer_syntax).is_encapsulated:
+        if elem.is_undefined_length and not _ends_with_delimiter(elem.value):
+            raise InvalidInstance("truncated: encapsulated pixel data has no sequence delimiter")
+        return
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits, spp = int(ds.BitsAllocated), int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        raise InvalidInstance("pixel data without valid Rows/Columns/BitsAllocated") from None
+    expected = (rows * cols * frames * spp * bits + 7) // 8
+    if len(elem.value) < expected:
+        raise InvalidInstance(f"truncated: pixel data has {len(elem.value)} bytes, "
+                              f"{expected} expected")
+
+
+def _ends_with_delimiter(value: bytes) -> bool:
+    # pydicom keeps the raw encapsulated value; a complete one was closed by (FFFE,E0DD), which
+    # the reader consumes, so a complete value ends on a whole item. Re-parse the item headers.
+    from pydicom.encaps import parse_basic_offsets, parse_fragments
+    try:
+        fp = io.BytesIO(value)
+        parse_basic_offsets(fp)
+        n, offsets = parse_fragments(fp)
+        return n >= 1
+    except (ValueError, EOFError, TypeError):
+        return False
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -182,6 +219,7 @@ class Store:
                 raise InvalidInstance(f"missing {kw}")
             if not valid_uid(v):
                 raise InvalidInstance(f"{kw} is not a valid UID")
+        _check_complete(ds, ts)
         msop = str(getattr(meta, "MediaStorageSOPInstanceUID", "") or "")
         if msop and msop != ds.SOPInstanceUID:
             raise InvalidInstance("MediaStorageSOPInstanceUID differs from SOPInstanceUID")
