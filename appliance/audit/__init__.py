@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from dataclasses import astuple, dataclass
+from typing import Callable
 
 from appliance.logs import correlation_id
 from appliance.store.db import Database
@@ -71,9 +72,10 @@ def record(db: Database, actor: str, action: str, interface: str, *, patient_id:
 class AuditWriter:
     """Batched, fail-closed audit writer for code on the event loop (see the module doc)."""
 
-    def __init__(self, db: Database, *, flush_interval: float = 0.1,
+    def __init__(self, db: Database | Callable[[], Database], *, flush_interval: float = 0.1,
                  max_pending: int = 10_000, retry_interval: float = 1.0) -> None:
-        self.db = db
+        # A callable is resolved at each flush: the box builds its apps before the store opens.
+        self._db = db
         self.flush_interval = flush_interval
         self.max_pending = max_pending
         self.retry_interval = retry_interval
@@ -81,6 +83,10 @@ class AuditWriter:
         self._failure: BaseException | None = None
         self._timer: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+
+    @property
+    def db(self) -> Database:
+        return self._db if isinstance(self._db, Database) else self._db()
 
     @property
     def healthy(self) -> bool:
@@ -118,8 +124,8 @@ class AuditWriter:
             if not batch:
                 return
             try:
-                await asyncio.get_running_loop().run_in_executor(None, write_events, self.db,
-                                                                 batch)
+                db = self.db
+                await asyncio.get_running_loop().run_in_executor(None, write_events, db, batch)
             except Exception as e:
                 self._pending = batch + self._pending      # keep them for the retry
                 if self._failure is None:

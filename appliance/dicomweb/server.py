@@ -415,7 +415,7 @@ def make_app(store: Store, *, cors_origins: Collection[str] | OriginPolicy = (),
     0 commits each before its data is served (one fsync per request).
     """
     allow = _origin_policy(cors_origins)
-    writer = AuditWriter(store.db, flush_interval=audit_flush_interval)
+    writer = AuditWriter(lambda: store.db, flush_interval=audit_flush_interval)
     dw = DicomWeb(store, allow_origin=allow, base_url=base_url, actor=actor,
                   max_results=max_results, metadata_cache_bytes=metadata_cache_bytes,
                   audit=writer)

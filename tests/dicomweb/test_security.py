@@ -173,3 +173,23 @@ async def test_logs_carry_no_patient_data(client: TestClient, studies: dict[str,
     text = caplog.text + " ".join(str(vars(r)) for r in caplog.records)
     for secret in ("PAT-A-1001", "DUPONT", "JEANNE"):
         assert secret not in text
+
+
+async def test_app_can_be_built_before_the_store_opens(tmp_path: Any, studies: dict[str, Study],
+                                                       make_client: Any) -> None:
+    """The box builds its HTTP apps first and opens the store when its component starts."""
+    from appliance import config
+    from appliance.dicomweb import make_app
+
+    store = Store(config.parse(config.example(str(tmp_path / "late"))))
+    make_app(store)
+    store.open()
+    try:
+        for f in studies["mr"].files:
+            store.ingest_bytes(f.read_bytes())
+        c = await make_client(store)
+        assert (await c.get(instance_url(studies["mr"]))).status == 200
+        await flush_audit(c)
+        assert [r["action"] for r in audit_rows(store)] == ["dicomweb.retrieve"]
+    finally:
+        store.close()
