@@ -13,7 +13,9 @@ import pydicom
 import pytest
 from aiohttp.test_utils import TestClient
 
-from .conftest import Orthanc, Study
+from tests.peers.orthanc import Orthanc
+
+from .conftest import Study, peer_json
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +52,7 @@ async def box_json(client: TestClient, path: str) -> Any:
 async def test_study_search_matches_orthanc(client: TestClient, orthanc_loaded: Orthanc,
                                             query: str) -> None:
     mine = summary(await box_json(client, "/studies" + query), "study")
-    theirs = summary(orthanc_loaded.get_json("/dicom-web/studies" + query), "study")
+    theirs = summary(peer_json(orthanc_loaded, "/studies" + query), "study")
     if "limit=1" in query:      # the order of a page is each server's choice; its size is not
         assert len(mine) == len(theirs) == 1
     else:
@@ -62,7 +64,7 @@ async def test_study_uid_search_matches_orthanc(client: TestClient, orthanc_load
     for s in studies.values():
         q = f"/studies?StudyInstanceUID={s.study_uid}"
         assert summary(await box_json(client, q), "study") == \
-            summary(orthanc_loaded.get_json("/dicom-web" + q), "study")
+            summary(peer_json(orthanc_loaded, q), "study")
 
 
 async def test_series_and_instances_match_orthanc(client: TestClient, orthanc_loaded: Orthanc,
@@ -70,12 +72,12 @@ async def test_series_and_instances_match_orthanc(client: TestClient, orthanc_lo
     for s in studies.values():
         path = f"/studies/{s.study_uid}/series"
         mine = summary(await box_json(client, path), "series")
-        assert mine == summary(orthanc_loaded.get_json("/dicom-web" + path), "series")
+        assert mine == summary(peer_json(orthanc_loaded, path), "series")
         assert mine
         for se in mine:
             path = f"/studies/{s.study_uid}/series/{se}/instances"
             mine_i = summary(await box_json(client, path), "instance")
-            assert mine_i == summary(orthanc_loaded.get_json("/dicom-web" + path), "instance")
+            assert mine_i == summary(peer_json(orthanc_loaded, path), "instance")
             assert len(mine_i) == mine[se][0]
 
 
@@ -92,7 +94,7 @@ async def test_instance_bytes_match_orthanc(client: TestClient, orthanc_loaded: 
     assert isinstance(part, aiohttp.BodyPartReader)
     mine = bytes(await part.read())
     async with aiohttp.ClientSession() as s:
-        async with s.get(orthanc_loaded.dicomweb + path, headers={"Accept": accept}) as r2:
+        async with s.get(orthanc_loaded.url + "/dicom-web" + path, headers={"Accept": accept}) as r2:
             assert r2.status == 200
             part2 = await aiohttp.MultipartReader.from_response(r2).next()
             assert isinstance(part2, aiohttp.BodyPartReader)
@@ -106,7 +108,7 @@ async def test_series_metadata_covers_what_orthanc_reports(client: TestClient,
     ds = pydicom.dcmread(studies["mr"].files[0], stop_before_pixels=True)
     path = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata"
     mine = {i["00080018"]["Value"][0]: i for i in await box_json(client, path)}
-    theirs = {i["00080018"]["Value"][0]: i for i in orthanc_loaded.get_json("/dicom-web" + path)}
+    theirs = {i["00080018"]["Value"][0]: i for i in peer_json(orthanc_loaded, path)}
     assert mine.keys() == theirs.keys()
     for sop, item in mine.items():
         # Same data elements (Orthanc may add its own, such as InstanceAvailability).
