@@ -373,8 +373,7 @@ def _retrieve_url(level: Level, base: str, row: Mapping[str, Any]) -> str:
 class Result:
     items: list[dict[str, Any]]
     truncated: bool          # more matches than the server's maximum: a Warning is due
-    patient_ids: frozenset[str]
-    study_uids: frozenset[str]
+    touched: dict[str, set[str]]   # patient ID -> the study UIDs of theirs in the answer
 
 
 def search(db: Database, query: Query, base: str, scope: Sequence[str] = (),
@@ -433,8 +432,10 @@ def search(db: Database, query: Query, base: str, scope: Sequence[str] = (),
             if e is not None and _plain(e):
                 item[tag] = e
         items.append(dict(sorted(item.items())))
-    return Result(items, truncated, frozenset(r["_patient"] for r in rows),
-                  frozenset(r["_study"] for r in rows))
+    touched: dict[str, set[str]] = {}
+    for r in rows:
+        touched.setdefault(r["_patient"], set()).add(r["_study"])
+    return Result(items, truncated, touched)
 
 
 def _plain(element: dict[str, Any]) -> bool:

@@ -176,13 +176,12 @@ class DicomWeb:
         if result is None:
             raise web.HTTPNotFound(text=("series" if len(scope) == 2 else "study")
                                    + " not found\n")
-        if result.items:
-            one = lambda s: next(iter(s)) if len(s) == 1 else ""  # noqa: E731
-            await self._audit(request, "dicomweb.search",
-                              patient_id=one(result.patient_ids), study_uid=one(result.study_uids),
-                              detail=f"{level} level, {len(result.items)} results, "
-                                     f"{len(result.study_uids)} studies, "
-                                     f"{len(result.patient_ids)} patients; "
+        # One audit event per patient whose data the answer shows (the study when only one).
+        for patient_id, study_uids in sorted(result.touched.items()):
+            await self._audit(request, "dicomweb.search", patient_id=patient_id,
+                              study_uid=next(iter(study_uids)) if len(study_uids) == 1 else "",
+                              detail=f"{level} level, {len(study_uids)} studies of this patient "
+                                     f"among {len(result.items)} results; "
                                      f"keys: {qido.describe(query)}")
         body = json.dumps(result.items, separators=(",", ":"), ensure_ascii=False).encode()
         resp = web.Response(body=body, content_type=DICOM_JSON, charset="utf-8")

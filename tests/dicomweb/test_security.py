@@ -101,6 +101,17 @@ async def test_every_data_access_is_audited(client: TestClient, filled: Store,
     assert "PatientName" in rows[0]["detail"] and "DUPONT" not in rows[0]["detail"]
 
 
+async def test_a_search_records_each_patient_it_shows(client: TestClient, filled: Store,
+                                                      studies: dict[str, Study]) -> None:
+    r = await client.get("/dicom-web/studies")
+    assert r.status == 200 and len(await r.json(content_type=None)) == 2
+    await flush_audit(client)
+    rows = audit_rows(filled)
+    assert {(x["patient_id"], x["study_uid"]) for x in rows} == {
+        (s.patient_id, s.study_uid) for s in studies.values()}
+    assert all(x["action"] == "dicomweb.search" for x in rows)
+
+
 async def test_refused_or_empty_requests_touch_no_data_and_write_nothing(
         client: TestClient, filled: Store) -> None:
     assert (await client.get("/dicom-web/studies?limit=x")).status == 400
@@ -141,8 +152,9 @@ async def test_batched_audit_fails_closed_and_recovers(filled: Store, make_clien
         assert asyncio.get_running_loop().time() < deadline, "audit writer did not recover"
         await asyncio.sleep(0.1)
     await flush_audit(c)
-    # The event queued before the failure was kept and written, not lost.
-    assert [r["action"] for r in audit_rows(filled)] == ["dicomweb.search"] * 2
+    # The events queued before the failure were kept and written, not lost: two searches,
+    # each showing two patients.
+    assert [r["action"] for r in audit_rows(filled)] == ["dicomweb.search"] * 4
 
 
 async def test_queued_events_reach_the_table_without_help(filled: Store, make_client: Any,
