@@ -14,8 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import sqlite3
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
@@ -360,7 +361,7 @@ def _element(vr: str, value: Any) -> dict[str, Any]:
     return {"vr": vr, "Value": str(value).split("\\")}
 
 
-def _retrieve_url(level: Level, base: str, row: Mapping[str, Any]) -> str:
+def _retrieve_url(level: Level, base: str, row: sqlite3.Row) -> str:
     url = f"{base}/studies/{row['_study']}"
     if level in ("series", "instance"):
         url += f"/series/{row['_series']}"

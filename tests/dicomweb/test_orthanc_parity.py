@@ -25,7 +25,7 @@ def summary(items: Any, level: str) -> dict[str, tuple[Any, ...]]:
     def v(item: dict[str, Any], tag: str) -> list[Any]:
         return item.get(tag, {}).get("Value", [])
 
-    out = {}
+    out: dict[str, tuple[Any, ...]] = {}
     for i in items:
         if level == "study":
             out[v(i, "0020000D")[0]] = (int(v(i, "00201206")[0]), int(v(i, "00201208")[0]),
