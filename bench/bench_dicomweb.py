@@ -176,6 +176,7 @@ def main() -> None:
         assert box.stdout is not None
         box_base = f"http://127.0.0.1:{box.stdout.readline().strip()}/dicom-web"
 
+        rss_before = rss_kb(box.pid) / 1024
         with TunedOrthanc(workdir=tmp / "orthanc") as orthanc:
             subprocess.run(["storescu", "-aet", "BENCH", "-aec", orthanc.aet, "-xs",
                             "127.0.0.1", str(orthanc.dicom_port), *map(str, files)],
@@ -183,7 +184,7 @@ def main() -> None:
             results = asyncio.run(bench({"box": box_base, "orthanc": orthanc.url + "/dicom-web"},
                                         study, series, sops, args.runs))
             box_rss = rss_kb(box.pid) / 1024
-        report(results, args.runs, total_mb, box_rss)
+        report(results, args.runs, total_mb, rss_before, box_rss)
     finally:
         if box is not None:
             box.terminate()
@@ -192,7 +193,7 @@ def main() -> None:
 
 
 def report(results: dict[str, dict[str, tuple[list[float], int]]], runs: int, total_mb: float,
-           box_rss: float) -> None:
+           rss_before: float, box_rss: float) -> None:
     print(f"\nwarm, median of {runs} runs (min-max); MB/s on the bytes received\n")
     print(f"{'case':40} {'box':>22} {'orthanc':>22} {'orthanc/box time':>17}")
     ratios = {}
@@ -216,7 +217,10 @@ def report(results: dict[str, dict[str, tuple[list[float], int]]], runs: int, to
     meta = ratios["series /metadata, gzip"]
     print(f"  warm /metadata <= 50 ms and >= 5x Orthanc: {meta_ms:.1f} ms, {meta:.1f}x "
           f"{'PASS' if meta_ms <= 50 and meta >= 5 else 'FAIL'}")
-    print(f"  box server RSS after the run: {box_rss:.0f} MB (study {total_mb:.0f} MB)")
+    streamed = sum(size * (runs + 1) for case, (_, size) in results["box"].items()) / 1e9
+    growth = box_rss - rss_before
+    print(f"  box RSS growth <= 64 MB while streaming {streamed:.1f} GB: {rss_before:.0f} -> "
+          f"{box_rss:.0f} MB (+{growth:.0f}) {'PASS' if growth <= 64 else 'FAIL'}")
 
 
 if __name__ == "__main__":
