@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -153,3 +153,76 @@ def test_q_order_wins_over_header_order() -> None:
                                         ("identity", False), ("*;q=0, gzip", True)])
 def test_accept_encoding(header: str, ok: bool) -> None:
     assert accepts_gzip(header) is ok
+
+
+@pytest.fixture(scope="module")
+def live_url(varied: Store) -> Iterator[str]:
+    """The app on a real socket, served from a thread so sync hypothesis tests can call it."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    from appliance.dicomweb import AccessLogger, make_app
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def start() -> None:
+        root = web.Application()
+        root.add_subapp("/dicom-web", make_app(varied))
+        runner = web.AppRunner(root, access_log_class=AccessLogger)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        holder["runner"] = runner
+        holder["port"] = runner.addresses[0][1]
+        ready.set()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        loop.run_forever()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    yield f"http://127.0.0.1:{holder['port']}/dicom-web"
+    asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    t.join(10)
+
+
+STUDY_KEYS = ["AccessionNumber", "PatientID", "PatientName", "ModalitiesInStudy", "StudyDate",
+              "limit", "offset", "includefield", "fuzzymatching"]
+well_formed = st.lists(st.tuples(st.sampled_from(STUDY_KEYS), st.sampled_from(
+    ["", "*", "A*", "PAT-?-1001", "MR", "CT,MR", "20000101-", "2", "0", "00081030", "all",
+     "false", "dup*", "é*"])), max_size=4, unique_by=lambda kv: kv[0])
+raw_query = st.one_of(well_formed, st.lists(
+    st.tuples(st.one_of(st.sampled_from(KEYS), st.text(max_size=10)),
+              st.one_of(values, st.text(alphabet="%25%00%ZZ%e9%C3+&=;#", max_size=12))),
+    max_size=5))
+
+
+@FUZZ
+@given(params=raw_query, path=st.sampled_from(["/studies", "/studies", "/studies/1.2.3/series",
+                                               "/studies/1.2.3/series/4.5/instances"]))
+def test_http_query_strings_get_200_400_or_404_never_500(live_url: str, path: str,
+                                                         params: list[tuple[str, str]]) -> None:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    # Half the pairs properly encoded, half raw: '%' kept as typed so broken escapes reach the
+    # server (non-ASCII is still encoded: HTTP request lines are ASCII).
+    qs = "&".join(urllib.parse.quote(f"{k}={v}", safe="%=+;*?,\\/:") if n % 2
+                  else urllib.parse.urlencode({k: v}) for n, (k, v) in enumerate(params))
+    try:
+        with urllib.request.urlopen(f"{live_url}{path}?{qs}", timeout=10) as r:
+            status = r.status
+            assert isinstance(__import__("json").loads(r.read()), list)
+    except urllib.error.HTTPError as e:
+        status = e.code
+        assert e.read().strip(), "an error answer carries a message"
+    assert status in (200, 400, 404)
