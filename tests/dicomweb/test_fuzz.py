@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Iterator
 
@@ -221,7 +222,7 @@ def test_http_query_strings_get_200_400_or_404_never_500(live_url: str, path: st
     try:
         with urllib.request.urlopen(f"{live_url}{path}?{qs}", timeout=10) as r:
             status = r.status
-            assert isinstance(__import__("json").loads(r.read()), list)
+            assert isinstance(json.loads(r.read()), list)
     except urllib.error.HTTPError as e:
         status = e.code
         assert e.read().strip(), "an error answer carries a message"
