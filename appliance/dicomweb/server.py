@@ -4,9 +4,11 @@
 
     app.add_subapp("/dicom-web", make_app(store))
 
-Every answer that carries patient data first writes an audit event (fail closed: no audit row,
-no data). CORS is denied unless the origin is on the allow-list given to :func:`make_app`.
-Blocking work (SQLite, file reads, gzip) runs in the loop's default executor.
+Every answer that carries patient data first queues an audit event (fail closed: when the audit
+trail cannot be written, no data is served; see :class:`appliance.audit.AuditWriter`). CORS is
+denied unless the origin is on the allow-list given to :func:`make_app`. Answers are never
+cacheable by shared caches. Blocking work (SQLite, file opens and reads, gzip) runs in the loop's
+default executor; instance bytes go out by sendfile(2) where the transport allows it.
 """
 
 from __future__ import annotations
@@ -232,7 +234,7 @@ class DicomWeb:
             await self._audit(request, "dicomweb.retrieve", patient_id=patient_id,
                               study_uid=study, detail=f"instance {sop}")
             part_type = f"application/dicom; transfer-syntax={syntax}"
-            resp = web.StreamResponse(headers={"Cache-Control": "no-store"})
+            resp = web.StreamResponse()
             if is_multipart:
                 boundary = multipart.new_boundary()
                 head = multipart.part_header(boundary, part_type, size)
@@ -300,7 +302,7 @@ class DicomWeb:
         await self._audit(request, "dicomweb.metadata",
                           patient_id=await self._run(self._patient_of, study), study_uid=study,
                           detail=f"series {series}")
-        headers = {"Vary": "Accept-Encoding", "Cache-Control": "no-store"}
+        headers = {"Vary": "Accept-Encoding"}
         if accepts_gzip(request.headers.get("Accept-Encoding")):
             headers["Content-Encoding"] = "gzip"
             body = data
@@ -317,7 +319,8 @@ def _fill_base(stored_gz: bytes, base: str) -> bytes:
 
 
 def _cors(allow_origin: OriginPolicy) -> tuple[Any, Callable[..., Awaitable[None]]]:
-    """(middleware answering preflights, hook adding CORS headers to allowed origins' answers).
+    """(middleware answering preflights, hook adding no-store/nosniff to every answer and CORS
+    headers to allowed origins' answers).
 
     The hook runs from ``on_response_prepare``, so streamed and error answers get it too.
     """
@@ -341,6 +344,9 @@ def _cors(allow_origin: OriginPolicy) -> tuple[Any, Callable[..., Awaitable[None
         })
 
     async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        # Patient data: never kept by a shared cache or re-interpreted by a browser.
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
         origin = request.headers.get("Origin")
         if request.method == "OPTIONS" or origin is None or not allow_origin(origin):
             return
@@ -418,9 +424,9 @@ def make_app(store: Store, *, cors_origins: Collection[str] | OriginPolicy = (),
     dw = DicomWeb(store, allow_origin=allow, base_url=base_url, actor=actor,
                   max_results=max_results, metadata_cache_bytes=metadata_cache_bytes,
                   audit=writer)
-    preflight, cors_headers = _cors(allow)
+    preflight, response_headers = _cors(allow)
     app = web.Application(middlewares=[_context, preflight])
-    app.on_response_prepare.append(cors_headers)
+    app.on_response_prepare.append(response_headers)
     app[STORE_KEY] = store
     app[AUDIT_KEY] = writer
 

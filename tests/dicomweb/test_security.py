@@ -40,6 +40,8 @@ async def test_cors_allowed_origin_only(client: TestClient, studies: dict[str, S
            "404": "/dicom-web/studies/1.2.3/series"}[which]
     r = await client.get(url, headers={"Origin": VIEWER_ORIGIN})
     assert r.headers.get("Access-Control-Allow-Origin") == VIEWER_ORIGIN
+    assert r.headers["Cache-Control"] == "no-store"
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert "Origin" in r.headers.getall("Vary", [])
     await r.read()
     r = await client.get(url, headers={"Origin": "https://evil.example.com"})
