@@ -48,6 +48,8 @@ async def box_json(client: TestClient, path: str) -> Any:
 @pytest.mark.parametrize("query", [
     "", "?PatientID=PAT-A-1001", "?PatientID=PAT-*", "?AccessionNumber=ACC-MR-0002",
     "?ModalitiesInStudy=MR", "?ModalitiesInStudy=CT", "?PatientID=NOBODY", "?limit=1&offset=0",
+    "?AccessionNumber=ACC-*", "?PatientName=DUPONT*", "?PatientName=dupont*",
+    "?PatientName=DUPONT", "?StudyDate=19000101-", "?StudyDescription=IRM*",
 ])
 async def test_study_search_matches_orthanc(client: TestClient, orthanc_loaded: Orthanc,
                                             query: str) -> None:
