@@ -629,7 +629,13 @@ def _validate_values(ds: Dataset, path: str) -> None:
 
 def parse_kos(data: bytes, *, max_bytes: int = MAX_KOS_BYTES) -> KosManifest:
     """Read a manifest (Part 10 bytes) into its study, series -> RetrieveURL and SOP lists."""
-    return _guarded(lambda: _manifest(_read(data, max_bytes)))
+    def run() -> KosManifest:
+        ds, cut = _read(data, max_bytes)
+        if cut:
+            raise KosParseError(_CUT)
+        return _manifest(ds)
+
+    return _guarded(run)
 
 
 def rejection_note(data: bytes | Dataset, *, max_bytes: int = MAX_KOS_BYTES) -> RejectionNote | None:
@@ -639,9 +645,13 @@ def rejection_note(data: bytes | Dataset, *, max_bytes: int = MAX_KOS_BYTES) -> 
     """
 
     def run() -> RejectionNote | None:
-        ds = data if isinstance(data, Dataset) else _read(data, max_bytes)
         if isinstance(data, Dataset):
+            ds, cut = data, False
             _decode_all(ds)
+        else:
+            ds, cut = _read(data, max_bytes, stop_before_pixels=True)
+        if cut:
+            raise KosParseError(_CUT)
         if _uid(ds, "SOPClassUID") != KOS_SOP_CLASS_UID:
             return None
         title = _title(ds)
@@ -682,14 +692,36 @@ def _guarded(fn: Callable[[], _T]) -> _T:
     return result
 
 
-def _read(data: bytes, max_bytes: int) -> Dataset:
+class _CutDetector(io.BytesIO):
+    """Notes a read that returns some but not all of the bytes asked for: the file was cut inside
+    an element. pydicom treats that as a short value, or as the end of a sequence, and carries on."""
+
+    cut = False
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        data = super().read(size)
+        if size is not None and 0 < len(data) < size:
+            self.cut = True
+        return data
+
+
+def _read(data: bytes, max_bytes: int, *, stop_before_pixels: bool = False) -> tuple[Dataset, bool]:
+    """The dataset, and whether the bytes were cut inside an element.
+
+    Pixel data is skipped when asked: a KOS has none, and pydicom reads encapsulated pixel data in
+    chunks whose last one is legitimately short.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise KosParseError(f"expected bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
         raise KosParseError(f"KOS of {len(data)} bytes exceeds the {max_bytes}-byte limit")
-    ds = dcmread(io.BytesIO(bytes(data)))
+    reader = _CutDetector(bytes(data))
+    ds = dcmread(reader, stop_before_pixels=stop_before_pixels)
     _decode_all(ds)
-    return ds
+    return ds, reader.cut
+
+
+_CUT = "truncated DICOM: the file ends inside an element"
 
 
 def _decode_all(ds: Dataset) -> None:
@@ -735,20 +767,43 @@ def _title(ds: Dataset) -> Code:
     return Code(str(value), str(scheme), str(item.get("CodeMeaning", "") or ""))
 
 
+_RELATIONSHIPS = frozenset({"CONTAINS", "HAS OBS CONTEXT", "HAS CONCEPT MOD", "HAS PROPERTIES",
+                            "HAS ACQ CONTEXT", "INFERRED FROM", "SELECTED FROM"})
+_VALUE_TYPES = frozenset({"TEXT", "CODE", "NUM", "DATETIME", "DATE", "TIME", "UIDREF", "PNAME",
+                          "COMPOSITE", "IMAGE", "WAVEFORM", "SCOORD", "SCOORD3D", "TCOORD",
+                          "CONTAINER", "TABLE"})
+_REFERENCE_TYPES = frozenset({"COMPOSITE", "IMAGE", "WAVEFORM"})
+
+
 def _checked_evidence(ds: Dataset) -> tuple[SeriesRef, ...]:
-    """The evidence references, after checking the content tree refers to nothing else (C.17.6.2)."""
+    """The evidence references, once checked against the content tree.
+
+    PS3.3 C.17.6.2.1: the evidence is the full set of instances the content refers to. Requiring
+    both to list the same instances, and every content item to be whole, also catches a file cut
+    inside its last sequence, which pydicom reads without complaint.
+    """
     series = _evidence_refs(ds)
     content = ds.get("ContentSequence")
     if not content:
         raise KosParseError("ContentSequence missing or empty: a KOS references at least one object")
-    evidence = {sop.sop_instance_uid for s in series for sop in s.sops}
+    referenced: set[str] = set()
     for item in content:
-        if item.get("ValueType") in ("IMAGE", "COMPOSITE", "WAVEFORM"):
+        if item.get("RelationshipType") not in _RELATIONSHIPS:
+            raise KosParseError("content item with a missing or unknown RelationshipType")
+        value_type = item.get("ValueType")
+        if value_type not in _VALUE_TYPES:
+            raise KosParseError("content item with a missing or unknown ValueType")
+        if value_type in _REFERENCE_TYPES:
             refs = item.get("ReferencedSOPSequence")
-            if not refs:
-                raise KosParseError("content item without ReferencedSOPSequence")
-            if _uid(refs[0], "ReferencedSOPInstanceUID", "content ") not in evidence:
-                raise KosParseError("content refers to an instance missing from the evidence")
+            if not refs or len(refs) != 1:
+                raise KosParseError("reference content item without its ReferencedSOPSequence item")
+            _uid(refs[0], "ReferencedSOPClassUID", "content ")
+            referenced.add(_uid(refs[0], "ReferencedSOPInstanceUID", "content "))
+    evidence = {sop.sop_instance_uid for s in series for sop in s.sops}
+    if referenced != evidence:
+        raise KosParseError(
+            f"content tree and evidence disagree ({len(referenced)} vs {len(evidence)} instances)"
+        )
     return series
 
 

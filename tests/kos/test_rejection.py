@@ -116,3 +116,21 @@ def test_generator_refuses_a_title_outside_cid_7011():
 def test_generator_refuses_an_empty_rejection():
     with pytest.raises(KosBuildError, match="rejected"):
         build_rejection_note(replace(rejection_request(), rejected=[]))
+
+
+def test_a_compressed_image_is_not_a_rejection_note():
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(io.BytesIO(ct_image_bytes()))
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.SamplesPerPixel = 2, 2, 8, 1
+    ds.PixelData = encapsulate([b"\xff\xd8fakejpeg\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    assert rejection_note(buf.getvalue()) is None
+
+
+def test_a_truncated_image_is_an_error():
+    with pytest.raises(KosParseError):
+        rejection_note(ct_image_bytes()[:-3])
