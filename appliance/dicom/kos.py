@@ -708,8 +708,8 @@ class _CutDetector(io.BytesIO):
 def _read(data: bytes, max_bytes: int, *, stop_before_pixels: bool = False) -> tuple[Dataset, bool]:
     """The dataset, and whether the bytes were cut inside an element.
 
-    Pixel data is skipped when asked: a KOS has none, and pydicom reads encapsulated pixel data in
-    chunks whose last one is legitimately short.
+    Pixel data is skipped when asked: a KOS has none, so deciding whether an image is a rejection
+    note need not read its megabytes.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise KosParseError(f"expected bytes, got {type(data).__name__}")
