@@ -233,7 +233,8 @@ class _Quiet(Dataset):
     """
 
     def __setattr__(self, name: str, value: Any) -> None:
-        tag = tag_for_keyword(name)
+        # DICOM keywords start with a capital; pydicom's own attributes never do (fast path).
+        tag = tag_for_keyword(name) if name[:1].isupper() else None
         if tag is None:
             super().__setattr__(name, value)
             return
