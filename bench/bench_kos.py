@@ -11,13 +11,14 @@ import argparse
 import statistics
 import sys
 import time
-from datetime import date, time as dtime
+from datetime import date
+from datetime import time as dtime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from appliance.dicom.kos import Instance, KosRequest, Patient, Study, build_kos, parse_kos  # noqa: E402
-from appliance.dicom.uids import new_uid  # noqa: E402
+from appliance.dicom.kos import Instance, KosRequest, Patient, Study, build_kos, parse_kos
+from appliance.dicom.uids import new_uid
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -63,8 +64,8 @@ def main() -> None:
     for n in (300, 1300):
         req = request(n)
         built = build_kos(req)  # warm-up
-        build = timed(lambda: build_kos(req), args.repeat)
-        parse = timed(lambda: parse_kos(built.data), args.repeat)
+        build = timed(lambda req=req: build_kos(req), args.repeat)
+        parse = timed(lambda data=built.data: parse_kos(data), args.repeat)
         print(f"{n:5d} instances, {len(built.data) / 1024:.0f} KiB: "
               f"{summary('build', build)}; {summary('parse', parse)}")
 

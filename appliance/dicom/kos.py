@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydicom import config as pydicom_config
-from pydicom.dataelem import DataElement
 from pydicom.datadict import dictionary_VM, dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import dcmread
@@ -506,7 +506,7 @@ def _text_item(concept: Code, text: str) -> Dataset:
 
 
 def _reference_items(series: list[list[Instance]]) -> list[Dataset]:
-    items = []
+    items: list[Dataset] = []
     for members in series:
         for inst in members:
             item = _Quiet()
@@ -572,12 +572,12 @@ def _finish(ds: Dataset, sop_uid: str, series_uid: str, instance_number: int) ->
         ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: a name outside Latin-1 (e.g. "Œ")
     _validate_values(ds, "")
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = KOS_SOP_CLASS_UID
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(KOS_SOP_CLASS_UID)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    ds.file_meta = meta  # type: ignore[assignment]
+    ds.file_meta = meta
     ds.preamble = b"\0" * 128
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
@@ -869,9 +869,29 @@ def _content_datetime(ds: Dataset) -> datetime | None:
 
 
 __all__ = [
-    "BuiltKos", "Code", "Instance", "KosBuildError", "KosError", "KosManifest", "KosParseError",
-    "KosRequest", "Patient", "RejectionNote", "RejectionRequest", "SeriesRef", "SopRef", "Study",
-    "MANIFEST", "KEY_OBJECT_DESCRIPTION", "REJECTION_TITLES", "REJECTED_FOR_QUALITY",
-    "REJECTED_FOR_PATIENT_SAFETY", "INCORRECT_WORKLIST_ENTRY", "RETENTION_EXPIRED",
-    "build_kos", "build_rejection_note", "parse_kos", "rejection_note",
+    "INCORRECT_WORKLIST_ENTRY",
+    "KEY_OBJECT_DESCRIPTION",
+    "MANIFEST",
+    "REJECTED_FOR_PATIENT_SAFETY",
+    "REJECTED_FOR_QUALITY",
+    "REJECTION_TITLES",
+    "RETENTION_EXPIRED",
+    "BuiltKos",
+    "Code",
+    "Instance",
+    "KosBuildError",
+    "KosError",
+    "KosManifest",
+    "KosParseError",
+    "KosRequest",
+    "Patient",
+    "RejectionNote",
+    "RejectionRequest",
+    "SeriesRef",
+    "SopRef",
+    "Study",
+    "build_kos",
+    "build_rejection_note",
+    "parse_kos",
+    "rejection_note",
 ]

@@ -10,7 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.dicom.kos import (
-    KosParseError, KosRequest, RejectionRequest, build_kos, build_rejection_note, parse_kos,
+    KosParseError,
+    KosRequest,
+    RejectionRequest,
+    build_kos,
+    build_rejection_note,
+    parse_kos,
     rejection_note,
 )
 

@@ -10,9 +10,20 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from appliance.dicom.kos import (
-    INCORRECT_WORKLIST_ENTRY, MANIFEST, REJECTED_FOR_PATIENT_SAFETY, REJECTED_FOR_QUALITY,
-    REJECTION_TITLES, RETENTION_EXPIRED, Code, KosBuildError, KosParseError, RejectionRequest,
-    build_kos, build_rejection_note, parse_kos, rejection_note,
+    INCORRECT_WORKLIST_ENTRY,
+    MANIFEST,
+    REJECTED_FOR_PATIENT_SAFETY,
+    REJECTED_FOR_QUALITY,
+    REJECTION_TITLES,
+    RETENTION_EXPIRED,
+    Code,
+    KosBuildError,
+    KosParseError,
+    RejectionRequest,
+    build_kos,
+    build_rejection_note,
+    parse_kos,
+    rejection_note,
 )
 from appliance.dicom.uids import new_uid
 
