@@ -99,7 +99,7 @@ class Patient:
     family_name: str
     given_names: str = ""
     birth_date: date | None = None
-    sex: str = ""  # M, F, O, or "" when unknown (HL7 "U" maps to "")
+    sex: str = ""  # M, F, O; "" or HL7's "U" when unknown (written empty, DICOM type 2)
 
 
 @dataclass(frozen=True)
@@ -260,10 +260,10 @@ def build_kos(req: KosRequest) -> BuiltKos:
     p = req.patient
     ds.PatientName = _person_name(p.family_name, p.given_names, "patient")
     ds.PatientID = p.ins
-    ds.IssuerOfPatientID = _INS_AUTHORITY.get(p.ins_oid, "ASIP-SANTE-INS-NIR")
+    ds.IssuerOfPatientID = _INS_AUTHORITY[p.ins_oid]
     ds.IssuerOfPatientIDQualifiersSequence = [_iso_issuer(p.ins_oid)]
     ds.PatientBirthDate = p.birth_date.strftime("%Y%m%d") if p.birth_date else ""
-    ds.PatientSex = p.sex
+    ds.PatientSex = "" if p.sex == "U" else p.sex
     other = _Quiet()
     other.PatientID = p.ins
     other.IssuerOfPatientID = ds.IssuerOfPatientID
@@ -321,10 +321,13 @@ def _check_request(req: KosRequest) -> None:
     p = req.patient
     if not p.ins.strip():
         raise KosBuildError("patient.ins: the INS is required")
-    if not is_valid_uid(p.ins_oid):
-        raise KosBuildError("patient.ins_oid: not an OID")
-    if p.sex not in ("M", "F", "O", ""):
-        raise KosBuildError("patient.sex: expected M, F, O or empty")
+    if p.ins_oid not in _INS_AUTHORITY:
+        # Default deny: any other OID (an IPP authority, a typo) would misidentify the patient.
+        raise KosBuildError("patient.ins_oid: not an INS OID (" + ", ".join(_INS_AUTHORITY) + ")")
+    if p.sex not in ("M", "F", "O", "U", ""):
+        raise KosBuildError("patient.sex: expected M, F, O, U or empty")
+    if req.title in REJECTION_TITLES:
+        raise KosBuildError("title: a rejection title makes a rejection note (build_rejection_note)")
     _check_study(req.study)
     _check_instances(req.instances, "instances")
     for name, oid in (("accession_issuer_oid", req.study.accession_issuer_oid),

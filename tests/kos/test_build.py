@@ -244,7 +244,9 @@ BAD = {
     "accession too long": ({"study": study(accession_number="A" * 17)}, "AccessionNumber"),
     "missing ins": ({"patient": patient(ins=" ")}, "patient.ins"),
     "bad ins oid": ({"patient": patient(ins_oid="INS")}, "patient.ins_oid"),
+    "non-INS oid": ({"patient": patient(ins_oid="1.2.250.1.999.1")}, "patient.ins_oid"),
     "bad sex": ({"patient": patient(sex="X")}, "patient.sex"),
+    "rejection title": ({"title": Code("113001", "DCM")}, "title"),
     "caret in name": ({"patient": patient(family_name="A^B")}, "patient name"),
     "bad issuer oid": ({"study": study(accession_issuer_oid="x.y")}, "accession_issuer_oid"),
     "ftp public url": ({"public_url": "ftp://db1.example.org"}, "public_url"),
@@ -281,3 +283,7 @@ def test_invalid_values_never_reach_messages_or_logs(make_request, caplog, recwa
     assert secret_ins not in str(err.value)
     assert not any(secret_ins in r.getMessage() for r in caplog.records)
     assert not any(secret_ins in str(w.message) for w in recwarn)
+
+
+def test_unknown_sex_is_written_empty(make_request):
+    assert read(build_kos(make_request(patient=patient(sex="U"))).data).PatientSex == ""
