@@ -1,1 +1,2 @@
-"""DICOM side of the box: KOS manifests, UIDs, and (later) the PACS SCU and the C-STORE SCP."""
+"""The DICOM side of the box: its SCP (scp.py), its link to the site PACS (scu.py), KOS
+manifests (kos.py) and UIDs (uids.py)."""
