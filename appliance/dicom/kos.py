@@ -16,6 +16,7 @@ pydicom or struct exception), and pydicom's warnings, which can quote patient da
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -649,15 +650,19 @@ def rejection_note(data: bytes | Dataset, *, max_bytes: int = MAX_KOS_BYTES) -> 
     """
 
     def run() -> RejectionNote | None:
-        if isinstance(data, Dataset):
-            ds, cut = data, False
+        if isinstance(data, Dataset):  # e.g. from the C-STORE SCP: whole, but decoded lazily
+            if _uid(data, "SOPClassUID") != KOS_SOP_CLASS_UID:
+                return None
+            ds = data
             _decode_all(ds)
         else:
+            if isinstance(data, (bytes, bytearray)) and len(data) > max_bytes and not _is_kos(data):
+                return None  # a large image: not ours to refuse
             ds, cut = _read(data, max_bytes, stop_before_pixels=True)
-        if cut:
-            raise KosParseError(_CUT)
-        if _uid(ds, "SOPClassUID") != KOS_SOP_CLASS_UID:
-            return None
+            if cut:
+                raise KosParseError(_CUT)
+            if _uid(ds, "SOPClassUID") != KOS_SOP_CLASS_UID:
+                return None
         title = _title(ds)
         if title not in REJECTION_TITLES:
             return None
@@ -671,8 +676,14 @@ def rejection_note(data: bytes | Dataset, *, max_bytes: int = MAX_KOS_BYTES) -> 
     return _guarded(run)
 
 
+def _is_kos(data: bytes | bytearray) -> bool:
+    head = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    return str(head.get("SOPClassUID", "")) == KOS_SOP_CLASS_UID
+
+
 # pydicom reads damaged files leniently: a missing delimiter or a short file only *warns* and
 # yields a partial dataset. These warnings mean references may be lost, so they are fatal here.
+_WARNINGS_LOCK = threading.Lock()
 _DAMAGE_WARNINGS = ("End of file", "Expected sequence item", "Expected 0x00000000", "Unknown VR")
 
 
@@ -680,8 +691,9 @@ def _guarded(fn: Callable[[], _T]) -> _T:
     # pydicom parses lazily and raises whatever the bytes provoke (ValueError, KeyError,
     # struct.error, EOFError, TypeError, UnicodeDecodeError, RecursionError…); callers get one type.
     # Warnings are recorded, not shown: pydicom's quote element values, i.e. patient data.
-    # (Filters are process-global in Python 3.11: a concurrent thread may miss a warning, at worst.)
-    with warnings.catch_warnings(record=True) as caught:
+    # The warning filters are process-global: overlapping catch_warnings() in two threads (SCP
+    # handlers, the loop) would restore each other's state, so parses here take turns.
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             result = fn()
