@@ -10,12 +10,14 @@ full Dataset of every referenced instance (we only have C-FIND identifiers), it 
 ``RetrieveURL`` (we would patch its output), and it would add a dependency tree for ~100 lines.
 
 Parsing is hardened: any input that is not a well-formed KOS raises :class:`KosParseError` (never a
-pydicom or struct exception), and pydicom's warnings, which can quote patient data, are silenced.
+pydicom or struct exception). pydicom's warnings and log records quote element values (patient
+data): building never triggers them, parsing records the warnings and drops the log records.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -684,6 +686,18 @@ def _is_kos(data: bytes | bytearray) -> bool:
 # pydicom reads damaged files leniently: a missing delimiter or a short file only *warns* and
 # yields a partial dataset. These warnings mean references may be lost, so they are fatal here.
 _WARNINGS_LOCK = threading.Lock()
+_parsing = threading.local()
+
+
+class _MuteWhileParsing(logging.Filter):
+    """pydicom also *logs* its warnings, value included, to the "pydicom" logger: drop the records
+    emitted by a thread while it parses here (other threads and other code are untouched)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_parsing, "active", False)
+
+
+logging.getLogger("pydicom").addFilter(_MuteWhileParsing())
 _DAMAGE_WARNINGS = ("End of file", "Expected sequence item", "Expected 0x00000000", "Unknown VR")
 
 
@@ -695,6 +709,7 @@ def _guarded(fn: Callable[[], _T]) -> _T:
     # handlers, the loop) would restore each other's state, so parses here take turns.
     with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        _parsing.active = True
         try:
             result = fn()
         except KosParseError:
@@ -703,6 +718,8 @@ def _guarded(fn: Callable[[], _T]) -> _T:
             raise KosParseError(f"not a DICOM Part 10 file: {e}") from None
         except Exception as e:  # noqa: BLE001 - see above
             raise KosParseError(f"malformed DICOM ({type(e).__name__})") from None
+        finally:
+            _parsing.active = False
     if any(str(w.message).startswith(_DAMAGE_WARNINGS) for w in caught):
         raise KosParseError("truncated or corrupt DICOM (an element or a sequence is cut)")
     return result

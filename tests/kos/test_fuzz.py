@@ -135,3 +135,16 @@ def test_a_manifest_without_content_is_refused():
     ds.save_as(buf, enforce_file_format=True)
     with pytest.raises(KosParseError, match="ContentSequence"):
         parse_kos(buf.getvalue())
+
+
+def test_a_bad_value_in_a_received_kos_is_never_logged(caplog):
+    ds = pydicom.dcmread(io.BytesIO(GOOD))
+    # pydicom logs the ill-formed values it validates on read (UIDs, in pydicom 3.0), quoted.
+    ds["StudyInstanceUID"] = pydicom.DataElement(0x0020000D, "UI", "1.2.SECRET",
+                                                 validation_mode=pydicom.config.IGNORE)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    caplog.clear()
+    with caplog.at_level("DEBUG"), pytest.raises(KosParseError, match="StudyInstanceUID"):
+        parse_kos(buf.getvalue())
+    assert not any("SECRET" in r.getMessage() for r in caplog.records)
