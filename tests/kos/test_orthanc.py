@@ -3,6 +3,7 @@ and hands a note back over DIMSE the way the IOCM flow receives it."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -33,6 +34,8 @@ def pacs() -> Iterator[orthanc_peer.Orthanc]:
     reason = orthanc_peer.available()
     if reason:
         pytest.skip(reason)
+    if shutil.which("storescu") is None:
+        pytest.skip("storescu not found: install the Debian package dcmtk")
     with orthanc_peer.Orthanc(aet="PACS") as o:
         yield o
 
