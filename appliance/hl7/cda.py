@@ -188,7 +188,8 @@ def _professional(entity: etree._Element | None, time: str) -> Professional | No
 def _extract(doc: etree._Element) -> CdaReport:
     document_id = _ii(_first(doc, "cda:id"))
     if document_id is None:
-        raise CdaError("ClinicalDocument/id (document id) is missing", ErrorCode.REQUIRED_FIELD_MISSING)
+        raise CdaError("ClinicalDocument/id (document id) is missing",
+                       ErrorCode.REQUIRED_FIELD_MISSING)
 
     patient_role = _first(doc, "cda:recordTarget/cda:patientRole")
     if patient_role is None:

@@ -33,7 +33,7 @@ META_FLAGS = ("MASQUE_PS", "INVISIBLE_PATIENT", "INVISIBLE_REP_LEGAUX", "CONNEXI
               "ACK_LECTURE_MSS")
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     PUBLISH = "publish"
     REPLACE = "replace"
     WITHDRAW = "withdraw"

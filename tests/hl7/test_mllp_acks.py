@@ -54,44 +54,42 @@ def _cases(oru_text: str, cda: bytes) -> dict[str, tuple[Callable[[], str], str,
     """name -> (message builder, ack code, ERR-3 code, a word the reason must contain)."""
     other_patient = cda.replace(b'extension="279035121518989"', b'extension="185057800608436"')
     other_ipp = cda.replace(b'extension="IPP101"', b'extension="IPP999"')
+    o = oru_text
+    ins_rep = "279035121518989^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS^^~"
+    ipp_rep = "~IPP101^^^AUT-AFFECTATION&1.2.250.1.213.4.5.2.4&ISO^PI"
+    xxe = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+           b'<ClinicalDocument xmlns="urn:hl7-org:v3">&e;</ClinicalDocument>')
+    yes = "Y^^expandedYes-NoIndicator"
     return {
-        "unsupported type": (lambda: msh_field(oru_text, 9, "ADT^A01^ADT_A01"), "AR", "200", "ADT"),
-        "unsupported event": (lambda: msh_field(oru_text, 9, "ORU^R30^ORU_R30"), "AR", "201", "R30"),
-        "unsupported version": (lambda: msh_field(oru_text, 12, "2.3"), "AR", "203", "2.3"),
-        "MDM version on ORU": (lambda: msh_field(oru_text, 12, "2.6"), "AR", "203", "2.5"),
-        "unsupported processing id": (lambda: msh_field(oru_text, 11, "X"), "AR", "202", "processing"),
-        "unsupported charset": (lambda: msh_field(oru_text, 18, "8859/1"), "AR", "103", "character"),
-        "no control id": (lambda: msh_field(oru_text, 10, ""), "AR", "101", "MSH-10"),
+        "unsupported type": (lambda: msh_field(o, 9, "ADT^A01^ADT_A01"), "AR", "200", "ADT"),
+        "unsupported event": (lambda: msh_field(o, 9, "ORU^R30^ORU_R30"), "AR", "201", "R30"),
+        "unsupported version": (lambda: msh_field(o, 12, "2.3"), "AR", "203", "2.3"),
+        "MDM version on ORU": (lambda: msh_field(o, 12, "2.6"), "AR", "203", "2.5"),
+        "unsupported processing id": (lambda: msh_field(o, 11, "X"), "AR", "202", "processing"),
+        "unsupported charset": (lambda: msh_field(o, 18, "8859/1"), "AR", "103", "character"),
+        "no control id": (lambda: msh_field(o, 10, ""), "AR", "101", "MSH-10"),
         "not HL7": (lambda: "hello world", "AR", "100", "MSH"),
-        "missing INS": (lambda: oru_text.replace(
-            "279035121518989^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS^^~", ""),
-            "AE", "101", "INS"),
-        "INS with unknown OID": (lambda: oru_text.replace("ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10",
-                                                  "ASIP-SANTE-INS-NIR&1.2.3.4"),
+        "missing INS": (lambda: o.replace(ins_rep, ""), "AE", "101", "INS"),
+        "INS with unknown OID": (lambda: o.replace("NIR&1.2.250.1.213.1.4.10", "NIR&1.2.3.4"),
                                  "AE", "103", "OID"),
-        "INS with a wrong key": (lambda: oru_text.replace("279035121518989^", "279035121518988^"),
+        "INS with a wrong key": (lambda: o.replace("279035121518989^", "279035121518988^"),
                                  "AE", "102", "key"),
-        "missing IPP": (lambda: oru_text.replace(
-            "~IPP101^^^AUT-AFFECTATION&1.2.250.1.213.4.5.2.4&ISO^PI", ""), "AE", "101", "IPP"),
-        "missing PID": (lambda: segment_replace(oru_text, "PID|", "NTE|1"), "AE", "100", "PID"),
-        "bad base64": (lambda: oru_text.replace("^Base64^PD94", "^Base64^!!PD94"), "AE", "102",
+        "missing IPP": (lambda: o.replace(ipp_rep, ""), "AE", "101", "IPP"),
+        "missing PID": (lambda: segment_replace(o, "PID|", "NTE|1"), "AE", "100", "PID"),
+        "bad base64": (lambda: o.replace("^Base64^PD94", "^Base64^!!PD94"), "AE", "102",
                        "base64"),
-        "not base64 encoded": (lambda: oru_text.replace("^Base64^", "^A^"), "AE", "102", "Base64"),
-        "no CDA": (lambda: segment_replace(oru_text, "OBX|1|", "NTE|1"), "AE", "101", "CDA"),
-        "unparseable CDA": (lambda: replace_cda(oru_text, cda[: len(cda) // 2]), "AE", "102",
+        "not base64 encoded": (lambda: o.replace("^Base64^", "^A^"), "AE", "102", "Base64"),
+        "no CDA": (lambda: segment_replace(o, "OBX|1|", "NTE|1"), "AE", "101", "CDA"),
+        "unparseable CDA": (lambda: replace_cda(o, cda[: len(cda) // 2]), "AE", "102",
                             "well-formed"),
-        "CDA not a ClinicalDocument": (lambda: replace_cda(oru_text, b"<html/>"), "AE", "102",
+        "CDA not a ClinicalDocument": (lambda: replace_cda(o, b"<html/>"), "AE", "102",
                                        "ClinicalDocument"),
-        "CDA with DOCTYPE": (lambda: replace_cda(oru_text, b'<?xml version="1.0"?><!DOCTYPE x ['
-                                         b'<!ENTITY e SYSTEM "file:///etc/passwd">]>'
-                                         b'<ClinicalDocument xmlns="urn:hl7-org:v3">&e;'
-                                         b'</ClinicalDocument>'), "AE", "102", "DOCTYPE"),
-        "CDA for another patient": (lambda: replace_cda(oru_text, other_patient), "AE", "207", "INS"),
-        "CDA with another IPP": (lambda: replace_cda(oru_text, other_ipp), "AE", "207", "IPP"),
-        "preliminary result": (lambda: oru_text.replace("||||||F|\rPRT", "||||||P|\rPRT"), "AE", "103",
+        "CDA with DOCTYPE": (lambda: replace_cda(o, xxe), "AE", "102", "DOCTYPE"),
+        "CDA for another patient": (lambda: replace_cda(o, other_patient), "AE", "207", "INS"),
+        "CDA with another IPP": (lambda: replace_cda(o, other_ipp), "AE", "207", "IPP"),
+        "preliminary result": (lambda: o.replace("||||||F|\rPRT", "||||||P|\rPRT"), "AE", "103",
                                "OBX-11"),
-        "bad MetaDMPMSS flag": (lambda: oru_text.replace("Y^^expandedYes-NoIndicator",
-                                                 "maybe^^expandedYes-NoIndicator", 1),
+        "bad MetaDMPMSS flag": (lambda: o.replace(yes, "maybe^^expandedYes-NoIndicator", 1),
                                 "AE", "103", "MetaDMPMSS"),
     }
 
@@ -150,7 +148,7 @@ async def test_strict_accession_check_refuses_the_ans_samples(oru, start_server,
 
 async def test_invalid_utf8_is_refused(oru, start_server, recorder):
     server = await start_server(recorder)
-    raw = oru.encode("utf-8").replace("PAT-TROIS".encode(), b"PAT-\xff\xfeTROIS", 1)
+    raw = oru.encode("utf-8").replace(b"PAT-TROIS", b"PAT-\xff\xfeTROIS", 1)
     code, control_id, errors = await roundtrip(server.port, raw)
     assert (code, control_id) == ("AR", "C-1")
     assert errors[0][0] == "102" and "UTF-8" in errors[0][1]
