@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -278,20 +279,23 @@ async def test_frame_cut_then_eof_delivers_nothing(oru, start_server, recorder):
     writer.close()
 
 
-async def test_oversized_message_is_refused_and_connection_closed(oru, start_server, recorder):
+@pytest.mark.parametrize("padding", [0, 2_000_000])
+async def test_oversized_message_is_refused_and_connection_closed(oru, start_server, recorder,
+                                                                  padding):
+    """The AR reaches the sender even while it is still writing a big message."""
     server = await start_server(recorder, max_message_bytes=10_000)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(frame(oru.encode()))  # ~29 kB
-    try:
-        await writer.drain()
-    except ConnectionError:
-        pass  # the server may close before reading everything
+    big = oru.replace("\rPRT|", "\rNTE|1||" + "x" * padding + "\rPRT|", 1)
+    writer.write(frame(big.encode()))  # >= 29 kB
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()  # the server may close before reading everything
     rest = await read_until_closed(reader)
     assert rest.startswith(START) and END in rest
     code, control_id, errors = parse_ack(rest[1:rest.index(END)].decode())
     assert (code, control_id) == ("AR", "C-1")
     assert "10000-byte limit" in errors[0][1]
     assert recorder.reports == []
+    assert server.health().details["oversized"] == 1
     writer.close()
 
 
@@ -372,3 +376,19 @@ async def test_stop_lets_an_inflight_report_finish(oru, start_server, recorder):
     assert parse_ack(data[1:data.index(END)].decode())[0] == "AA"
     assert len(recorder.reports) == 1
     writer.close()
+
+
+async def test_connections_beyond_the_limit_are_closed(oru, start_server, recorder):
+    server = await start_server(recorder, max_connections=2)
+    kept = [await MllpClient.connect("127.0.0.1", server.port) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    assert await read_until_closed(reader) == b""
+    writer.close()
+    assert parse_ack(await kept[0].send(oru))[0] == "AA"  # the others still work
+    await kept[0].close()
+    await asyncio.sleep(0.05)
+    async with await MllpClient.connect("127.0.0.1", server.port) as again:
+        assert parse_ack(await again.send(oru))[0] == "AA"  # a slot was freed
+    await kept[1].close()
+    assert server.health().details["refused_connections"] == 1
