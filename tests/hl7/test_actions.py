@@ -84,3 +84,10 @@ async def test_send_command_prints_the_acks(ans_messages, start_server, recorder
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "good.hl7: AA CLI-1"
     assert out[2].startswith("bad.hl7: AR CLI-2 203: version '2.1'")
+
+
+def test_escaped_and_accented_values_are_decoded(ans_messages):
+    message = fill(ans_messages["CR_C-ORU.hl7"]).replace(
+        "PAT-TROIS^DOMINIQUE^DOMINIQUE^^^^L", "D\\T\\FILS^Hélène^^^^^L")
+    report = read_report("\ufeff" + message)
+    assert (report.birth_family, report.given) == ("D&FILS", "Hélène")
