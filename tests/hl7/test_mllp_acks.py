@@ -99,12 +99,13 @@ CASE_NAMES = list(_cases("MSH|", b"").keys())
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
-async def test_refused_before_the_handler(case, ans_messages, start_server, recorder):
+async def test_refused_before_the_handler(case, ans_messages, start_server, recorder, caplog):
     oru_text = fill(ans_messages[ORU], "C-1")
     build, code, err, word = _cases(oru_text, cda_of(oru_text))[case]
     message = build()
     server = await start_server(recorder)
-    ack_code, control_id, errors = await roundtrip(server.port, message)
+    with caplog.at_level(logging.DEBUG):
+        ack_code, control_id, errors = await roundtrip(server.port, message)
     assert ack_code == code
     assert len(errors) == 1
     assert errors[0][0] == err, errors
@@ -113,8 +114,11 @@ async def test_refused_before_the_handler(case, ans_messages, start_server, reco
         assert control_id == "C-1"
     assert recorder.reports == [], "the handler must not see a refused message"
     # Reasons go back to the RIS and into logs: never the patient's identifiers.
-    for secret in ("279035121518989", "IPP101", "PAT-TROIS"):
+    logged = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
+    assert "refused" in logged
+    for secret in ("279035121518989", "IPP101", "PAT-TROIS", "DOMINIQUE"):
         assert secret not in errors[0][1]
+        assert secret not in logged
 
 
 async def test_ack_echoes_the_header(ans_messages, start_server, recorder):
