@@ -327,6 +327,8 @@ def _observations(msg: hl7.Message) -> tuple[Any, dict[str, bool]]:
 
 
 def _action(mtype: str, trigger: str, order_control: str, status: str) -> Action:
+    """MDM: the trigger (T02/T10/T04). ORU: ORC-1 CA or OBX-11 D withdraw, C replaces,
+    F publishes; any other status (P preliminary, ...) is refused: only validated reports go."""
     if mtype == "MDM":
         return {"T02": Action.PUBLISH, "T10": Action.REPLACE, "T04": Action.WITHDRAW}[trigger]
     if order_control == "CA" or status == "D":

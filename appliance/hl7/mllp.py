@@ -149,6 +149,7 @@ class MllpServer:
         self._max_connections = max_connections
         self._grace = stop_grace
         self._server: asyncio.Server | None = None
+        self._stopping = False
         self._connections: set[asyncio.Task[None]] = set()
         self._busy: set[asyncio.Task[None]] = set()  # connections inside the handler
         self.stats = {"connections": 0, "messages": 0, "accepted": 0, "errors": 0,
@@ -169,6 +170,7 @@ class MllpServer:
         server, self._server = self._server, None
         if server is None:
             return
+        self._stopping = True
         server.close()
         # Connections waiting for the next frame are closed now; one inside the handler gets
         # ``stop_grace`` seconds to commit and send its ACK (an unACKed message is resent).
@@ -183,6 +185,7 @@ class MllpServer:
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
         await server.wait_closed()
+        self._stopping = False
         log.info("hl7 intake stopped")
 
     def health(self) -> Health:
@@ -240,6 +243,8 @@ class MllpServer:
                     await self._send(writer, await self._process(payload))
                 finally:
                     self._busy.discard(task)
+                if self._stopping:
+                    return
         except (ConnectionError, asyncio.IncompleteReadError):
             log.info("hl7 connection lost")
         except asyncio.CancelledError:

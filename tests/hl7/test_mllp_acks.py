@@ -375,7 +375,10 @@ async def test_stop_lets_an_inflight_report_finish(oru, start_server, recorder):
     writer.write(frame(oru.encode()))
     await writer.drain()
     await started.wait()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
     await server.stop()
+    assert loop.time() - t0 < 2, "stop() returns once the ACK is sent, not after the grace"
     data = await read_until_closed(reader)
     assert parse_ack(data[1:data.index(END)].decode())[0] == "AA"
     assert len(recorder.reports) == 1
