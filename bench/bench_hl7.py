@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import statistics
 import sys
@@ -25,17 +24,7 @@ from appliance.hl7.ack import build_ack  # noqa: E402
 from appliance.hl7.messages import Report, read_report  # noqa: E402
 from appliance.hl7.mllp import MllpClient, MllpServer  # noqa: E402
 from tests.conftest import conformance_path  # noqa: E402
-from tests.hl7.helpers import DERIVED, cda_of, fill, replace_cda  # noqa: E402
-
-
-def full_size(message: str) -> str:
-    cda = cda_of(message)
-    body = base64.b64encode(os.urandom(175_000))
-    start = cda.index(b"<component>")
-    big = (cda[:start] + b'<component><nonXMLBody><text mediaType="application/pdf" '
-           b'representation="B64">' + body + b"</text></nonXMLBody></component>"
-           b"</ClinicalDocument>")
-    return replace_cda(message, big)
+from tests.hl7.helpers import DERIVED, fill, full_size  # noqa: E402
 
 
 def percentiles(samples: list[float]) -> str:

@@ -399,3 +399,13 @@ async def test_connections_beyond_the_limit_are_closed(oru, start_server, record
         assert parse_ack(await again.send(oru))[0] == "AA"  # a slot was freed
     await kept[1].close()
     assert server.health().details["refused_connections"] == 1
+
+
+async def test_full_size_ans_message_with_default_limits(oru, start_server, recorder):
+    from tests.hl7.helpers import full_size
+
+    big = full_size(oru)
+    assert len(big) > 300_000
+    server = await start_server(recorder)
+    assert await roundtrip(server.port, big) == ("AA", "C-1", [])
+    assert recorder.reports[0].cda is not None and len(recorder.reports[0].cda) > 200_000
