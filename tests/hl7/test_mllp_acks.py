@@ -388,13 +388,16 @@ async def test_stop_lets_an_inflight_report_finish(oru, start_server, recorder):
 async def test_connections_beyond_the_limit_are_closed(oru, start_server, recorder):
     server = await start_server(recorder, max_connections=2)
     kept = [await MllpClient.connect("127.0.0.1", server.port) for _ in range(2)]
-    await asyncio.sleep(0.05)
+    for client in kept:  # an answered message proves the server holds the connection
+        assert parse_ack(await client.send(oru))[0] == "AA"
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     assert await read_until_closed(reader) == b""
     writer.close()
     assert parse_ack(await kept[0].send(oru))[0] == "AA"  # the others still work
     await kept[0].close()
-    await asyncio.sleep(0.05)
+    async with asyncio.timeout(5):
+        while server.health().details["open_connections"] > 1:
+            await asyncio.sleep(0.01)
     async with await MllpClient.connect("127.0.0.1", server.port) as again:
         assert parse_ack(await again.send(oru))[0] == "AA"  # a slot was freed
     await kept[1].close()
