@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from appliance.component import Health
+from appliance.config import Hl7Config
 from appliance.hl7.ack import build_ack
 from appliance.hl7.cda import DEFAULT_MAX_CDA_BYTES
 from appliance.hl7.errors import ErrorCode, Hl7Error
@@ -155,6 +156,12 @@ class MllpServer:
         self.stats = {"connections": 0, "messages": 0, "accepted": 0, "errors": 0,
                       "rejected": 0, "dropped_partial": 0, "oversized": 0, "idle_closed": 0,
                       "refused_connections": 0}
+
+    @classmethod
+    def from_config(cls, config: Hl7Config, handler: Handler, **options: Any) -> MllpServer:
+        """The server for the ``[hl7]`` section (ARCHITECTURE.md §7)."""
+        return cls(config.bind, config.port, handler, config.max_message_bytes,
+                   config.idle_timeout, **options)
 
     # --- Component -------------------------------------------------------------------------
 

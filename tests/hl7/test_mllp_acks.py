@@ -412,3 +412,19 @@ async def test_full_size_ans_message_with_default_limits(oru, start_server, reco
     server = await start_server(recorder)
     assert await roundtrip(server.port, big) == ("AA", "C-1", [])
     assert recorder.reports[0].cda is not None and len(recorder.reports[0].cda) > 200_000
+
+
+async def test_server_from_config(oru, recorder, port_factory):
+    from appliance.config import Hl7Config
+    from appliance.hl7.mllp import MllpServer
+
+    config = Hl7Config(bind="127.0.0.1", port=port_factory(), max_message_bytes=20_000,
+                       idle_timeout=30.0)
+    server = MllpServer.from_config(config, recorder)
+    await server.start()
+    try:
+        assert server.port == config.port
+        code, _, errors = await roundtrip(server.port, oru)  # ~29 kB > 20 kB
+        assert code == "AR" and "20000-byte limit" in errors[0][1]
+    finally:
+        await server.stop()
