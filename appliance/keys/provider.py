@@ -196,6 +196,14 @@ def activate(module: str | Path, rsa_pss: bool = True) -> Path:
                     "process")
             return Path(_active["conf"])
         conf = write_conf(module, rsa_pss)
+        # python-pkcs11 must call C_Initialize first: it refuses a module someone else
+        # initialised, while pkcs11-provider accepts CKR_CRYPTOKI_ALREADY_INITIALIZED.
+        try:
+            import pkcs11
+
+            pkcs11.lib(module)
+        except Exception as e:  # noqa: BLE001 — reported with the module path below
+            raise KeysError(f"cannot load PKCS#11 module {module}: {e}") from None
         lc = _libcrypto()
         lc.OSSL_LIB_CTX_load_config.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         lc.OSSL_LIB_CTX_load_config.restype = ctypes.c_int
@@ -208,6 +216,11 @@ def activate(module: str | Path, rsa_pss: bool = True) -> Path:
                             f"(module {module}); check the module path and the provider package")
         _active.update(module=module, rsa_pss=rsa_pss, conf=str(conf))
         return conf
+
+
+def active_module() -> str | None:
+    """The PKCS#11 module pkcs11-provider was loaded for in this process, if any."""
+    return _active.get("module")
 
 
 def is_private(path: Path) -> bool:

@@ -30,6 +30,7 @@ from pkcs11.util.ec import encode_ec_public_key, encode_ecdsa_signature, encode_
 
 from appliance.component import Health
 
+from . import provider
 from .errors import KeyNotFound, KeysError, ModuleError, PinError, PinFileError, TokenAbsent
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,14 @@ class Token:
                 raise ModuleError(f"PKCS#11 module {self.module} not found (hsm.module)")
             try:
                 self._lib = pkcs11.lib(self.module)
+            except p11e.PKCS11Error as e:
+                if "already initialized" in str(e):
+                    raise ModuleError(
+                        f"{self.module} was initialised by another component of this process "
+                        "(pkcs11-provider) before python-pkcs11; call provider.activate() "
+                        "(it loads python-pkcs11 first) instead of setting OPENSSL_CONF by hand"
+                    ) from None
+                raise ModuleError(f"cannot load PKCS#11 module {self.module}: {e}") from None
             except (RuntimeError, OSError) as e:
                 raise ModuleError(f"cannot load PKCS#11 module {self.module}: {e}") from None
         return self._lib
@@ -173,7 +182,11 @@ class Token:
         except p11e.PKCS11Error:
             pass
         # The module may hold a stale slot list (SoftHSM after its token store moved, some
-        # readers after a re-plug): re-initialise it once and look again.
+        # readers after a re-plug): re-initialise it once and look again. Not when
+        # pkcs11-provider shares the module in this process: C_Finalize would pull its sessions
+        # away (measured: its next handshake fails), so there we rely on the module's rescans.
+        if provider.active_module() == self.module:
+            raise TokenAbsent(f"token {self.token_label!r} not present in {self.module}")
         try:
             lib.reinitialize()
             return lib.get_token(token_label=self.token_label)
