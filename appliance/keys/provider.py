@@ -148,6 +148,25 @@ def uri_pem(uri: str) -> str:
             + "-----END PKCS#11 PROVIDER URI-----\n")
 
 
+def parse_uri_pem(text: str) -> str:
+    """The URI inside a URI-PEM key file. Raises ValueError for anything else."""
+    begin, end = "-----BEGIN PKCS#11 PROVIDER URI-----", "-----END PKCS#11 PROVIDER URI-----"
+    head, sep, rest = text.partition(begin)
+    body, sep2, _ = rest.partition(end)
+    if not sep or not sep2 or head.strip():
+        raise ValueError("not a PKCS#11 PROVIDER URI PEM block")
+    try:
+        der = base64.b64decode("".join(body.split()), validate=True)
+        seq = _UriPem.load(der, strict=True)
+        desc, uri = seq["desc"].native, seq["uri"].native
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"malformed PKCS#11 PROVIDER URI PEM: {e}") from None
+    if desc != "PKCS#11 Provider URI v1.0" or not isinstance(uri, str) or \
+            not uri.startswith("pkcs11:"):
+        raise ValueError("malformed PKCS#11 PROVIDER URI PEM: unexpected content")
+    return uri
+
+
 def write_conf(module: str | Path, rsa_pss: bool = True, directory: Path | None = None) -> Path:
     d = directory or runtime_dir()
     p = d / ("openssl-pkcs11.cnf" if rsa_pss else "openssl-pkcs11-tls12.cnf")
