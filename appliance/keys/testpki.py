@@ -76,6 +76,9 @@ class TestPki:
     server_ca: Path
     bundle: Path  # root + both issuing CAs: cafile for peers and hsm.trust_anchors
     structures: list[Structure]
+    #: label -> PIN file of extra tokens (a ``sign`` key each, no certificate) for tests that
+    #: must be alone on their token (wrong PIN: PKCS#11 login state is per process)
+    spares: dict[str, Path] = field(default_factory=dict)
     _ca_keys: dict[str, rsa.RSAPrivateKey] = field(default_factory=dict, repr=False)
 
     __test__ = False  # not a pytest test class
@@ -191,7 +194,7 @@ def _pem(*certs: x509.Certificate) -> bytes:
 
 def make_test_pki(workdir: str | Path, token_dir: str | Path | None = None,
                   structures: Sequence[StructureSpec] = DEFAULT_STRUCTURES,
-                  set_env: bool = True) -> TestPki:
+                  set_env: bool = True, spares: Sequence[str] = ()) -> TestPki:
     """Build the PKI in ``workdir``: SoftHSM tokens (one per structure), keys on them, certs.
 
     With ``set_env`` (default) SOFTHSM2_CONF is set in this process so the module finds the
@@ -252,6 +255,15 @@ def make_test_pki(workdir: str | Path, token_dir: str | Path | None = None,
             tok.close()
         built.append(Structure(spec, label, pin_file, files["auth"], files["sign"],
                                files["server"]))
+    spare_pins: dict[str, Path] = {}
+    for label in spares:
+        pin_file = work / f"{label}.pin"
+        pin = softhsm.new_pin()
+        softhsm.write_secret(pin_file, pin)
+        softhsm.init_token(label, pin, softhsm.new_pin(12), env)
+        with Token(module, label, pin_file) as tok:
+            tok.generate_key("sign")
+        spare_pins[label] = pin_file
     return TestPki(work, module, conf, ca_dir / "root.pem", ca_dir / "org-ca.pem",
                    ca_dir / "server-ca.pem", ca_dir / "bundle.pem", built,
-                   {"org": org_key, "server": srv_key, "root": root_key})
+                   spare_pins, {"org": org_key, "server": srv_key, "root": root_key})

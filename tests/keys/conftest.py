@@ -25,7 +25,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestPki]:
     """IGC-Santé-shaped test PKI, two structures, leaf keys on SoftHSM (SOFTHSM2_CONF is set)."""
     if softhsm.module_path() is None or shutil.which("softhsm2-util") is None:
         pytest.skip("SoftHSM2 not installed (Debian package softhsm2)")
-    yield make_test_pki(tmp_path_factory.mktemp("pki"))
+    yield make_test_pki(tmp_path_factory.mktemp("pki"), spares=["drimbox-test-pin"])
 
 
 @pytest.fixture(scope="session")
