@@ -190,7 +190,8 @@ def _glob(pattern: str, case_insensitive: bool) -> str:
 
 
 def _values(value: str) -> list[str]:
-    return [v for v in re.split(r"[\\,]", value)]
+    """A value list: DICOM's backslash or the comma QIDO-RS also allows (PS3.18 §8.3.4.1)."""
+    return re.split(r"[\\,]", value)
 
 
 def _text_condition(column: str, name: str, value: str, case_insensitive: bool) -> Condition:
