@@ -260,6 +260,9 @@ def query_response(msg: SoapMessage) -> tuple[list[DocumentEntry], list[str]]:
     """(LeafClass entries, ObjectRef ids) of an ITI-18 answer."""
     check_fault(msg)
     body = msg.body
+    if body.tag == f"{{{RS}}}RegistryResponse":  # some registries answer errors this way
+        check_status(body)
+        raise DmpResponseError("query answered by a bare RegistryResponse")
     if body.tag != f"{{{QUERY}}}AdhocQueryResponse":
         raise DmpResponseError(f"expected query:AdhocQueryResponse, got {body.tag!r}")
     check_status(body)
@@ -274,6 +277,9 @@ def query_response(msg: SoapMessage) -> tuple[list[DocumentEntry], list[str]]:
 def retrieve_response(msg: SoapMessage, document_uid: str) -> bytes:
     check_fault(msg)
     body = msg.body
+    if body.tag == f"{{{RS}}}RegistryResponse":  # some repositories answer errors this way
+        check_status(body)
+        raise DmpResponseError("retrieve answered by a bare RegistryResponse")
     if body.tag != f"{{{XDS}}}RetrieveDocumentSetResponse":
         raise DmpResponseError(f"expected xds:RetrieveDocumentSetResponse, got {body.tag!r}")
     rr = body.find(f"{{{RS}}}RegistryResponse")
