@@ -85,6 +85,7 @@ class DmpClient:
 
     def __init__(self, config: Any, signer: Signer, ssl_context: ssl.SSLContext | None) -> None:
         s = _dmp_settings(config)
+        self._dmp_config = config
         self._url: str = s["url"]
         self._timeout = aiohttp.ClientTimeout(total=s["timeout"])
         self._source_id: str = s["source_id"]
