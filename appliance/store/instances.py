@@ -1,0 +1,363 @@
+"""The instance store: DICOM files on disk exactly as received, indexed in SQLite.
+
+Layout: ``instances/<study>/<series>/<sop>.dcm`` (UIDs are checked to be digits and dots before
+they become path components). A file is written to ``instances/.tmp``, fsync'd, then renamed into
+place, so a crash leaves either the whole file or nothing; the index row is committed after the
+rename, and files without a row are swept at open.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from appliance.config import Config
+
+from .db import Database
+from .metadata import BASE, instance_json
+
+log = logging.getLogger(__name__)
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+class StoreFull(RuntimeError):
+    """Accepting this instance would exceed the configured store size or free-space floor."""
+
+
+class InvalidInstance(ValueError):
+    """The data is not a usable DICOM Part 10 instance; the message says why."""
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    size: int
+    path: Path
+
+
+def valid_uid(uid: str) -> bool:
+    return len(uid) <= 64 and bool(_UID.fullmatch(uid))
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str:
+    v = ds.get(keyword, "")
+    return "" if v is None else str(v)
+
+
+def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    try:
+        v = ds.get(keyword)
+        return None if v in (None, "") else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_complete(ds: pydicom.Dataset, transfer_syntax: str) -> None:
+    """Refuse a file cut short: pydicom reads a truncated file without complaint."""
+    if "PixelData" not in ds:
+        if ds.get("Rows") and ds.get("Columns") and "FloatPixelData" not in ds \
+                and "DoubleFloatPixelData" not in ds:
+            raise InvalidInstance("truncated: image attributes present but no pixel data")
+        return
+    elem = ds["PixelData"]
+    if pydicom.uid.UID(transfer_syntax).is_encapsulated:
+        if elem.is_undefined_length and not _ends_with_delimiter(elem.value):
+            raise InvalidInstance("truncated: encapsulated pixel data has no sequence delimiter")
+        return
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits, spp = int(ds.BitsAllocated), int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        raise InvalidInstance("pixel data without valid Rows/Columns/BitsAllocated") from None
+    expected = (rows * cols * frames * spp * bits + 7) // 8
+    if len(elem.value) < expected:
+        raise InvalidInstance(f"truncated: pixel data has {len(elem.value)} bytes, "
+                              f"{expected} expected")
+
+
+def _ends_with_delimiter(value: bytes) -> bool:
+    # pydicom keeps the raw encapsulated value; a complete one was closed by (FFFE,E0DD), which
+    # the reader consumes, so a complete value ends on a whole item. Re-parse the item headers.
+    from pydicom.encaps import parse_basic_offsets, parse_fragments
+    try:
+        fp = io.BytesIO(value)
+        parse_basic_offsets(fp)
+        n, offsets = parse_fragments(fp)
+        return n >= 1
+    except (ValueError, EOFError, TypeError):
+        return False
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    """Thread-safe: pynetdicom handler threads ingest while the event loop reads."""
+
+    def __init__(self, config: Config, synchronous: str = "FULL") -> None:
+        self.config = config
+        self.root = config.instances_dir
+        self.tmp_dir = self.root / ".tmp"
+        self.metadata_dir = config.box.data_dir / "metadata"
+        self.max_bytes = config.store.max_bytes
+        self.min_free_bytes = config.store.min_free_bytes
+        self._synchronous = synchronous
+        self._db: Database | None = None
+        self._lock = threading.Lock()       # guards _used and _reserved
+        self._used = 0
+        self._reserved = 0
+        self._listeners: list[Callable[[StoredInstance], None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def open(self) -> None:
+        for d in (self.root, self.tmp_dir, self.metadata_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self._db = Database(self.config.state_db, synchronous=self._synchronous)
+        # Leftovers of a crash mid-write: temp files are never valid instances.
+        for leftover in self.tmp_dir.iterdir():
+            leftover.unlink(missing_ok=True)
+        row = self.db.query_one("SELECT COALESCE(SUM(size), 0) AS used FROM instances")
+        self._used = int(row["used"]) if row else 0
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def add_listener(self, callback: Callable[[StoredInstance], None]) -> None:
+        """``callback(StoredInstance)`` after each commit, in the ingesting thread."""
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[StoredInstance], None]) -> None:
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
+    # -- ingest ------------------------------------------------------------------------------
+    def ingest_bytes(self, data: bytes | bytearray | memoryview) -> StoredInstance:
+        """Store one complete Part 10 file exactly as given."""
+        ds = self._parse(io.BytesIO(data))
+        tmp = self.tmp_dir / uuid.uuid4().hex
+        size = len(data)
+        self._reserve(size)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            return self._commit(ds, tmp, size)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            self._release(size)
+
+    def ingest_file(self, tmp_path: Path) -> StoredInstance:
+        """Move a complete Part 10 temp file (on the same filesystem) into the store."""
+        size = tmp_path.stat().st_size
+        try:
+            with open(tmp_path, "rb") as f:
+                ds = self._parse(f)
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
+        self._reserve(size)
+        try:
+            return self._commit(ds, tmp_path, size)
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
+        finally:
+            self._release(size)
+
+    def _parse(self, fp: io.BufferedIOBase | io.BytesIO) -> pydicom.Dataset:
+        try:
+            ds = pydicom.dcmread(fp, force=False)
+        except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, IndexError) as e:
+            raise InvalidInstance(f"not a DICOM Part 10 file: {e}") from None
+        meta = getattr(ds, "file_meta", None)
+        ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
+        if not ts:
+            raise InvalidInstance("file meta has no TransferSyntaxUID")
+        for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            v = _text(ds, kw)
+            if not v:
+                raise InvalidInstance(f"missing {kw}")
+            if not valid_uid(v):
+                raise InvalidInstance(f"{kw} is not a valid UID")
+        _check_complete(ds, ts)
+        msop = str(getattr(meta, "MediaStorageSOPInstanceUID", "") or "")
+        if msop and msop != ds.SOPInstanceUID:
+            raise InvalidInstance("MediaStorageSOPInstanceUID differs from SOPInstanceUID")
+        return ds
+
+    def _reserve(self, size: int) -> None:
+        with self._lock:
+            if self._used + self._reserved + size > self.max_bytes:
+                raise StoreFull(f"store limit of {self.max_bytes} bytes reached")
+            free = shutil.disk_usage(self.root).free
+            if free - size < self.min_free_bytes:
+                raise StoreFull(f"less than {self.min_free_bytes} bytes would stay free on disk")
+            self._reserved += size
+
+    def _release(self, size: int) -> None:
+        with self._lock:
+            self._reserved -= size
+
+    def _commit(self, ds: pydicom.Dataset, tmp: Path, size: int) -> StoredInstance:
+        study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+        meta_json = instance_json(ds, study, series, sop)
+        rel = Path(study) / series / f"{sop}.dcm"
+        final = self.root / rel
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        now = time.time()
+        with self.db.transaction() as c:
+            old = c.execute("SELECT size FROM instances WHERE sop_uid=?", (sop,)).fetchone()
+            c.execute(
+                """INSERT INTO studies(study_uid, patient_id, patient_name, patient_birth_date,
+                       patient_sex, study_date, study_time, accession_number, study_id,
+                       study_description, referring_physician, received_at)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
+                   ON CONFLICT(study_uid) DO UPDATE SET
+                       patient_id=excluded.patient_id, patient_name=excluded.patient_name,
+                       patient_birth_date=excluded.patient_birth_date,
+                       patient_sex=excluded.patient_sex, study_date=excluded.study_date,
+                       study_time=excluded.study_time,
+                       accession_number=excluded.accession_number, study_id=excluded.study_id,
+                       study_description=excluded.study_description,
+                       referring_physician=excluded.referring_physician""",
+                (study, _text(ds, "PatientID"), _text(ds, "PatientName"),
+                 _text(ds, "PatientBirthDate"), _text(ds, "PatientSex"), _text(ds, "StudyDate"),
+                 _text(ds, "StudyTime"), _text(ds, "AccessionNumber"), _text(ds, "StudyID"),
+                 _text(ds, "StudyDescription"), _text(ds, "ReferringPhysicianName"), now))
+            c.execute(
+                """INSERT INTO series(series_uid, study_uid, modality, series_number,
+                       series_description, body_part, version)
+                   VALUES (?,?,?,?,?,?,1)
+                   ON CONFLICT(series_uid) DO UPDATE SET version = version + 1""",
+                (series, study, _text(ds, "Modality"), _int(ds, "SeriesNumber"),
+                 _text(ds, "SeriesDescription"), _text(ds, "BodyPartExamined")))
+            c.execute(
+                """INSERT OR REPLACE INTO instances(sop_uid, series_uid, study_uid, sop_class_uid,
+                       instance_number, transfer_syntax, rows, columns, frames, size, rel_path,
+                       metadata_json, received_at, last_access)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                (sop, series, study, ds.SOPClassUID, _int(ds, "InstanceNumber"),
+                 str(ds.file_meta.TransferSyntaxUID), _int(ds, "Rows"), _int(ds, "Columns"),
+                 _int(ds, "NumberOfFrames") or 1, size, str(rel), meta_json, now, now))
+        with self._lock:
+            self._used += size - (int(old["size"]) if old else 0)
+        stored = StoredInstance(study, series, sop, str(ds.SOPClassUID),
+                                str(ds.file_meta.TransferSyntaxUID), size, final)
+        for cb in list(self._listeners):
+            try:
+                cb(stored)
+            except Exception:  # a listener must never break ingest
+                log.exception("store listener failed")
+        return stored
+
+    # -- reads -------------------------------------------------------------------------------
+    def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path | None:
+        row = self.db.query_one(
+            "SELECT rel_path FROM instances WHERE sop_uid=? AND series_uid=? AND study_uid=?",
+            (sop_uid, series_uid, study_uid))
+        return None if row is None else self.root / row["rel_path"]
+
+    def series_metadata_gz(self, study_uid: str, series_uid: str) -> bytes | None:
+        """The series' DICOM JSON array, gzip'd, with :data:`BASE` placeholders in URIs.
+
+        Built from the per-instance JSON computed at ingest and cached on disk per series version,
+        so a repeated request costs one file read.
+        """
+        row = self.db.query_one("SELECT version FROM series WHERE series_uid=? AND study_uid=?",
+                                (series_uid, study_uid))
+        if row is None:
+            return None
+        cache = self.metadata_dir / study_uid / f"{series_uid}.v{row['version']}.json.gz"
+        try:
+            return cache.read_bytes()
+        except FileNotFoundError:
+            pass
+        rows = self.db.query(
+            "SELECT metadata_json FROM instances WHERE series_uid=? "
+            "ORDER BY instance_number, sop_uid", (series_uid,))
+        body = ("[" + ",".join(r["metadata_json"] for r in rows) + "]").encode()
+        data = gzip.compress(body, compresslevel=6, mtime=0)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        for old in cache.parent.glob(f"{series_uid}.v*.json.gz"):
+            old.unlink(missing_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, cache)
+        return data
+
+    # -- deletion (IOCM, eviction) -------------------------------------------------------------
+    def delete_instances(self, sop_uids: Iterable[str]) -> int:
+        """Remove instances (file and row); empty series and studies go too. Returns the count."""
+        removed = 0
+        for sop in sop_uids:
+            with self.db.transaction() as c:
+                row = c.execute("SELECT rel_path, size, series_uid, study_uid FROM instances "
+                                "WHERE sop_uid=?", (sop,)).fetchone()
+                if row is None:
+                    continue
+                c.execute("DELETE FROM instances WHERE sop_uid=?", (sop,))
+                c.execute("UPDATE series SET version = version + 1 WHERE series_uid=?",
+                          (row["series_uid"],))
+                c.execute("DELETE FROM series WHERE series_uid=? AND NOT EXISTS "
+                          "(SELECT 1 FROM instances WHERE series_uid=?)",
+                          (row["series_uid"], row["series_uid"]))
+                c.execute("DELETE FROM studies WHERE study_uid=? AND NOT EXISTS "
+                          "(SELECT 1 FROM series WHERE study_uid=?)",
+                          (row["study_uid"], row["study_uid"]))
+            (self.root / row["rel_path"]).unlink(missing_ok=True)
+            with self._lock:
+                self._used -= int(row["size"])
+            removed += 1
+        return removed
+
+    def delete_study(self, study_uid: str) -> int:
+        rows = self.db.query("SELECT sop_uid FROM instances WHERE study_uid=?", (study_uid,))
+        n = self.delete_instances(r["sop_uid"] for r in rows)
+        shutil.rmtree(self.root / study_uid, ignore_errors=True) if valid_uid(study_uid) else None
+        shutil.rmtree(self.metadata_dir / study_uid, ignore_errors=True) if valid_uid(study_uid) else None
+        return n
+
+
+__all__ = ["BASE", "InvalidInstance", "Store", "StoreFull", "StoredInstance", "valid_uid"]
