@@ -89,6 +89,10 @@ def parser() -> argparse.ArgumentParser:
     _add_config_arg(tok)
     tok.set_defaults(func=cmd_admin_token)
 
+    from appliance.keys.cli import register as register_hsm
+
+    register_hsm(sub)
+
     gen = sub.add_parser("generate", help="write a synthetic study (tests, benchmarks, demo)")
     gen.add_argument("--kind", choices=["CT", "MR"], default="CT")
     gen.add_argument("--slices", type=int, default=10)
