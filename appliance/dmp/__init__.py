@@ -2,10 +2,23 @@
 
 from .client import MEDECIN, DmpClient, PublishResult, QueryResult, publication_actor
 from .codes import Code
-from .errors import (DmpError, DmpPermanentError, DmpResponseError, DmpRetryableError,
-                     RegistryError, SubmissionError)
-from .metadata import (KosSubmission, Organization, PatientId, PatientInfo, Person, ReferenceId,
-                       ReferenceType)
+from .errors import (
+                     DmpError,
+                     DmpPermanentError,
+                     DmpResponseError,
+                     DmpRetryableError,
+                     RegistryError,
+                     SubmissionError,
+)
+from .metadata import (
+                     KosSubmission,
+                     Organization,
+                     PatientId,
+                     PatientInfo,
+                     Person,
+                     ReferenceId,
+                     ReferenceType,
+)
 from .signer import Signer, TokenSigner
 from .transactions import AccessStatus, DocumentEntry
 from .vihf import Actor, AuthMode, Software

@@ -13,10 +13,11 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import aiohttp
 from lxml import etree
@@ -65,7 +66,7 @@ def publication_actor(s: KosSubmission, profession: Code = MEDECIN,
 
 def _dmp_settings(config: Any) -> dict[str, Any]:
     """The ``[dmp]`` keys this module reads, with defaults for keys an older config lacks."""
-    get = lambda k, d: getattr(config, k, d)  # noqa: E731
+    get = lambda k, d: getattr(config, k, d)
     return {
         "url": str(config.url).rstrip("/"),
         "timeout": float(get("timeout", 30.0)),
@@ -285,7 +286,7 @@ class DmpClient:
             async with self._http().post(url, data=data, headers={"Content-Type": ctype}) as r:
                 body = await self._read(r)
                 status, rtype = r.status, r.headers.get("Content-Type", "")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DmpRetryableError(f"DMP {service}: no answer within the timeout") from None
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:
             # A certificate the other side will not accept does not fix itself: the admin acts.
@@ -321,4 +322,4 @@ class DmpClient:
 def _dtm(t: datetime) -> str:
     if t.tzinfo is None:
         raise ValueError("times must be timezone-aware")
-    return t.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S")
+    return t.astimezone(UTC).strftime("%Y%m%d%H%M%S")

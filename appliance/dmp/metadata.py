@@ -11,7 +11,7 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from lxml import etree
@@ -153,7 +153,7 @@ class ReferenceId:
 def _utc(t: datetime) -> str:
     if t.tzinfo is None:
         raise SubmissionError("times must be timezone-aware")
-    return t.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S")
+    return t.astimezone(UTC).strftime("%Y%m%d%H%M%S")
 
 
 @dataclass(frozen=True)
@@ -335,7 +335,7 @@ def registry_objects(s: KosSubmission, signature_doc: bytes, *, source_id: str,
                      ) -> etree._Element:
     """``rim:RegistryObjectList`` for ITI-41; ``replaces`` is the entryUUID the KOS replaces."""
     _check_oid("sourceId", source_id)
-    when = _utc(now or datetime.now(timezone.utc))
+    when = _utc(now or datetime.now(UTC))
     b = _Builder()
     rol = etree.Element(f"{{{RIM}}}RegistryObjectList", nsmap={None: RIM})
     submission_set(b, rol, uid=s.submission_set_uid, source_id=source_id, patient=s.patient,
@@ -364,7 +364,7 @@ def status_update_objects(entry_uuid: str, original: str, new: str, *, patient: 
     if not re.fullmatch(r"urn:uuid:[0-9a-fA-F-]{36}", entry_uuid):
         raise SubmissionError("the entry must be given by its urn:uuid entryUUID")
     _check_oid("sourceId", source_id)
-    when = _utc(now or datetime.now(timezone.utc))
+    when = _utc(now or datetime.now(UTC))
     b = _Builder()
     rol = etree.Element(f"{{{RIM}}}RegistryObjectList", nsmap={None: RIM})
     submission_set(b, rol, uid=new_uid(), source_id=source_id, patient=patient, author=author,

@@ -6,8 +6,9 @@ The keys layer (``appliance.keys.Token``) signs on the token; :class:`TokenSigne
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from cryptography import x509
 

@@ -98,7 +98,7 @@ class SoapMessage:
         inc = el.find(f"{{{XOP}}}Include")
         if inc is not None:
             href = inc.get("href", "")
-            cid = href[4:] if href.startswith("cid:") else href
+            cid = href.removeprefix("cid:")
             cid = unquote(cid)
             if cid not in self.attachments:
                 raise DmpResponseError(f"MTOM part {cid!r} referenced but absent")

@@ -8,14 +8,19 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from lxml import etree
 
 from . import codes as C
 from .codes import NS, Code
-from .errors import (RETRYABLE_REGISTRY_CODES, DmpPermanentError, DmpResponseError,
-                     DmpRetryableError, RegistryError)
+from .errors import (
+    RETRYABLE_REGISTRY_CODES,
+    DmpPermanentError,
+    DmpResponseError,
+    DmpRetryableError,
+    RegistryError,
+)
 from .soap import SOAP, SoapMessage, xop_include
 
 RIM, RS, LCM, QUERY, XDS, HL7 = NS["rim"], NS["rs"], NS["lcm"], NS["query"], NS["xds"], NS["hl7"]
@@ -81,14 +86,14 @@ def retrieve_request(repository_id: str, document_uid: str) -> etree._Element:
 def access_check(ins: str, oid: str, sender_id: str, sender_name: str,
                  now: datetime | None = None) -> etree._Element:
     """TD0.2 body: PRPA_IN201307UV02, reasonCode TEST_EXST (does the record exist, may I read)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
 
     def h(parent: etree._Element, tag: str, **attrs: str) -> etree._Element:
         return etree.SubElement(parent, f"{{{HL7}}}{tag}", attrs)
 
     msg = etree.Element(f"{{{HL7}}}PRPA_IN201307UV02", ITSVersion="XML_1.0", nsmap={None: HL7})
     h(msg, "id", root=sender_id, extension=str(uuid.uuid4()))
-    h(msg, "creationTime", value=now.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S"))
+    h(msg, "creationTime", value=now.astimezone(UTC).strftime("%Y%m%d%H%M%S"))
     h(msg, "interactionId", root="2.16.840.1.113883.1.6", extension="PRPA_IN201307UV02")
     h(msg, "processingCode", code="P")
     h(msg, "processingModeCode", code="T")

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from cryptography import x509
 from lxml import etree
 
 from . import xmldsig
-from .codes import (FACILITY_TYPE_SYSTEM, NS, PROFESSION_SYSTEM, PURPOSE_NORMAL, Code)
+from .codes import FACILITY_TYPE_SYSTEM, NS, PROFESSION_SYSTEM, PURPOSE_NORMAL, Code
 from .signer import Signer
 
 SAML = NS["saml2"]
@@ -77,8 +77,8 @@ def _ce(parent: etree._Element, tag: str, code: Code) -> None:
 def build(actor: Actor, patient_id: str, software: Software, signer: Signer,
           *, digest: str = "sha256", now: datetime | None = None) -> etree._Element:
     """A signed VIHF assertion for ``actor`` acting on the record ``patient_id`` (``…^NH``)."""
-    now = now or datetime.now(timezone.utc)
-    instant = now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    now = now or datetime.now(UTC)
+    instant = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     aid = "_" + uuid.uuid4().hex
     a = etree.Element(f"{{{SAML}}}Assertion", {"ID": aid, "IssueInstant": instant,
                                                "Version": "2.0"}, nsmap={"saml2": SAML})

@@ -8,7 +8,7 @@ bytes. SignedInfo references the manifest and the XAdES SignedProperties. Signed
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
@@ -43,7 +43,7 @@ def build(signature_uid: str, submission_set_uid: str, documents: list[SignedDoc
           now: datetime | None = None) -> bytes:
     """The signature document (UTF-8 XML bytes) whose ``Signature/@Id`` is ``signature_uid``."""
     dig = xmldsig.digest(digest)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     sig = etree.Element(xmldsig.ds("Signature"), Id=signature_uid, nsmap={"ds": NS["ds"]})
     si = xmldsig.signed_info(sig, signer, canon)
 
@@ -53,7 +53,7 @@ def build(signature_uid: str, submission_set_uid: str, documents: list[SignedDoc
                           nsmap={"xades": XADES})
     sp = etree.SubElement(qp, _x("SignedProperties"), Id=PROPS_ID)
     ssp = etree.SubElement(sp, _x("SignedSignatureProperties"))
-    etree.SubElement(ssp, _x("SigningTime")).text = now.astimezone(timezone.utc).strftime(
+    etree.SubElement(ssp, _x("SigningTime")).text = now.astimezone(UTC).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
     cert = signer.certificate
     c = etree.SubElement(etree.SubElement(ssp, _x("SigningCertificate")), _x("Cert"))

@@ -11,7 +11,7 @@ from lxml import etree
 
 DEFAULT_LIMIT = 32 * 1024 * 1024
 # A DOCTYPE can only sit in the prolog: spot it before libxml2 spends any effort on it.
-_PROLOG_DOCTYPE = re.compile(rb"\s*(<\?xml[^>]{0,200}\?>)?\s*(<!--.*?-->\s*)*<!DOCTYPE", re.S)
+_PROLOG_DOCTYPE = re.compile(rb"\s*(<\?xml[^>]{0,200}\?>)?\s*(<!--.*?-->\s*)*<!DOCTYPE", re.DOTALL)
 
 
 class UnsafeXmlError(ValueError):

@@ -4,20 +4,32 @@ simulator over mTLS, and a DmpClient pointed at it."""
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import Any, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from appliance.config import DmpConfig
-from appliance.dmp import (Actor, AuthMode, Code, DmpClient, KosSubmission, Organization,
-                           PatientId, PatientInfo, Person, ReferenceId, ReferenceType,
-                           TokenSigner)
+from appliance.dmp import (
+    Actor,
+    AuthMode,
+    Code,
+    DmpClient,
+    KosSubmission,
+    Organization,
+    PatientId,
+    PatientInfo,
+    Person,
+    ReferenceId,
+    ReferenceType,
+    TokenSigner,
+)
 from appliance.dmp.client import MEDECIN
+from appliance.keys.testpki import TestPki
 from tests.dmp.kos import make_kos
-from tests.dmp.pki import Pki, SoftHsmToken, make_pki, softhsm_available
+from tests.dmp.pki import SimulatorCerts, box_client_context, provider_missing, simulator_certs
 from tests.peers.dmp import DmpSimulator
 
 TEST_INS_OID = "1.2.250.1.213.1.4.10"
@@ -25,50 +37,49 @@ PATIENT = PatientId("248098765432112", TEST_INS_OID)
 
 
 @pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("dmp-pki"))
+def sim_certs(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> SimulatorCerts:
+    """The simulator's server certificate; skips when the box cannot do TLS with its token key.
+    (``pki`` is the shared test PKI of tests/conftest.py.)"""
+    reason = provider_missing()
+    if reason:
+        pytest.skip(reason)
+    return simulator_certs(pki, tmp_path_factory.mktemp("dmp-sim"))
 
 
 @pytest.fixture(scope="session")
-def token(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Any:
-    reason = softhsm_available()
-    if reason:
-        pytest.skip(reason)
-    t = SoftHsmToken(tmp_path_factory.mktemp("dmp-hsm"), pki)
-    yield t
-    t.close()
+def token(pki: TestPki) -> Any:
+    # Not closed at teardown: closing the last python-pkcs11 session logs the whole process out
+    # of the token, under the feet of pkcs11-provider's TLS keys (PKCS#11 login is per process).
+    return pki.token(0)
 
 
 @pytest.fixture
-def signer(token: SoftHsmToken) -> TokenSigner:
+def signer(token: Any) -> TokenSigner:
     return TokenSigner(token, "sign", "rsa-sha256")
 
 
 @pytest.fixture
-async def simulator(pki: Pki) -> Any:
-    sim = DmpSimulator(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_file)
+async def simulator(sim_certs: SimulatorCerts) -> Any:
+    sim = DmpSimulator(cert=sim_certs.cert, key=sim_certs.key, client_ca=sim_certs.client_ca)
     await sim.start()
     sim.add_patient(PATIENT.xds)
     yield sim
     await sim.stop()
 
 
-def client_context(pki: Pki, with_cert: bool = True) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(pki.ca_file))
-    if with_cert:
-        # [until keys lands] file key generated at test time; production uses the token key
-        # through pkcs11-provider (appliance.keys.tls.client_context).
-        ctx.load_cert_chain(str(pki.client_cert), str(pki.client_key))
-    return ctx
+def client_context(pki: TestPki, with_cert: bool = True, index: int = 0) -> ssl.SSLContext:
+    if not with_cert:
+        return ssl.create_default_context(cafile=str(pki.bundle))
+    return box_client_context(pki, index)
 
 
 @pytest.fixture
-def dmp_config(simulator: DmpSimulator, pki: Pki) -> DmpConfig:
-    return DmpConfig(url=simulator.url, ca_file=pki.ca_file, timeout=5.0)
+def dmp_config(simulator: DmpSimulator, pki: TestPki) -> DmpConfig:
+    return DmpConfig(url=simulator.url, ca_file=pki.bundle, timeout=5.0)
 
 
 @pytest.fixture
-async def client(dmp_config: DmpConfig, signer: TokenSigner, pki: Pki) -> Any:
+async def client(dmp_config: DmpConfig, signer: TokenSigner, pki: TestPki) -> Any:
     c = DmpClient(dmp_config, signer, client_context(pki))
     yield c
     await c.close()
@@ -78,12 +89,12 @@ async def client(dmp_config: DmpConfig, signer: TokenSigner, pki: Pki) -> Any:
 def make_submission() -> Callable[..., KosSubmission]:
     def make(n_instances: int = 3, **overrides: Any) -> KosSubmission:
         kos, uid = make_kos(n_instances)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         s = KosSubmission(
             patient=PATIENT,
             patient_info=PatientInfo("PAT-TEST", "Alice", "19800102", "F"),
             author=Person("899700367909", "DOC0036790", "KIT"),
-            institution=Organization("CABINET TEST DRIMBOX", "499700367909006"),
+            institution=Organization("CABINET RADIOLOGIE TEST", "499700367909006"),
             legal_authenticator=Person("899700367909", "DOC0036790", "KIT"),
             facility_type=Code("SA07", "1.2.250.1.71.4.2.4", "Cabinet individuel"),
             practice_setting=Code("AMBULATOIRE", "1.2.250.1.213.1.1.4.9", "Ambulatoire"),

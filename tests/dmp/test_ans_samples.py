@@ -11,8 +11,14 @@ import pytest
 from lxml import etree
 
 from tests.dmp.conftest import client_context
-from tests.peers.dmp.checks import (NS, Refusal, check_document_entry, check_submission_set, check_vihf,
-                                    parse_xml)
+from tests.peers.dmp.checks import (
+    NS,
+    Refusal,
+    check_document_entry,
+    check_submission_set,
+    check_vihf,
+    parse_xml,
+)
 
 SAMPLES = ("validateur-xds/XDS.xml", "cross-validateur/echantillons-de-validation/XDS.xml")
 

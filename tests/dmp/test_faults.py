@@ -8,8 +8,13 @@ from dataclasses import replace
 import aiohttp
 import pytest
 
-from appliance.dmp import (DmpClient, DmpPermanentError, DmpResponseError, DmpRetryableError,
-                           TokenSigner)
+from appliance.dmp import (
+    DmpClient,
+    DmpPermanentError,
+    DmpResponseError,
+    DmpRetryableError,
+    TokenSigner,
+)
 from tests.dmp.conftest import PATIENT, client_context
 
 
@@ -96,10 +101,17 @@ async def test_client_without_certificate_is_refused(dmp_config, signer, pki, si
     assert simulator.stats == {}   # the request never reached a service
 
 
-async def test_untrusted_server_is_refused(dmp_config, signer, pki, tmp_path, consumer):
-    from tests.dmp.pki import make_pki
-    other = make_pki(tmp_path / "other")
-    async with DmpClient(dmp_config, signer, client_context(other)) as c:
+async def test_untrusted_server_is_refused(dmp_config, signer, tmp_path, consumer):
+    import ssl
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from appliance.keys.testpki import _ca
+    from tests.dmp.pki import name, pem
+    key = rsa.generate_private_key(65537, 2048)
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(pem(_ca(name("OTHER CA"), key, None, key, 0)))
+    async with DmpClient(dmp_config, signer, ssl.create_default_context(cafile=str(other))) as c:
         with pytest.raises(DmpPermanentError) as e:
             await c.find_documents(PATIENT, consumer)
     assert e.value.code == "TlsError"

@@ -11,6 +11,8 @@ from appliance.dmp import DmpError, soap, transactions, xmlsafe
 from appliance.dmp.codes import NS
 from tests.peers.dmp import checks
 
+FAILURE = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Failure"
+SUCCESS = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 content_types = st.sampled_from([
     "application/soap+xml", "text/xml", "multipart/related", 'multipart/related; boundary="b"',
@@ -71,9 +73,7 @@ tags = st.sampled_from([
 attrs = st.dictionaries(st.sampled_from(["status", "id", "errorCode", "codeContext", "href",
                                          "code", "name", "value", "severity", "mimeType",
                                          "classificationScheme", "identificationScheme"]),
-                        st.sampled_from(["", "x", "urn:oasis:names:tc:ebxml-regrep:"
-                                         "ResponseStatusType:Failure", "urn:oasis:names:tc:ebxml-"
-                                         "regrep:ResponseStatusType:Success", "cid:0.2", "OK",
+                        st.sampled_from(["", "x", FAILURE, SUCCESS, "cid:0.2", "OK",
                                          "2.25.1", "soap:Receiver", "12"]), max_size=3)
 
 

@@ -9,8 +9,16 @@ from datetime import datetime
 import pytest
 from lxml import etree
 
-from appliance.dmp import (Code, PatientId, PatientInfo, Person, ReferenceId, ReferenceType,
-                           SubmissionError, metadata)
+from appliance.dmp import (
+    Code,
+    PatientId,
+    PatientInfo,
+    Person,
+    ReferenceId,
+    ReferenceType,
+    SubmissionError,
+    metadata,
+)
 from appliance.dmp.codes import NS
 
 

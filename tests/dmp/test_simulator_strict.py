@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from lxml import etree
 
-from appliance.dmp import (AuthMode, DmpClient, DmpPermanentError, PatientId, publication_actor,
-                           soap)
+from appliance.dmp import AuthMode, DmpClient, DmpPermanentError, PatientId, publication_actor, soap
 from appliance.dmp.codes import NS
 from tests.dmp.conftest import PATIENT, client_context
-from tests.dmp.pki import issue, _name
+from tests.dmp.pki import name
 
 
 class Tampering(DmpClient):
@@ -162,23 +161,37 @@ class ForeignSigner:
 
 async def test_untrusted_signing_certificate_refused(dmp_config, signer, pki, simulator,
                                                      make_submission):
+    from appliance.keys.testpki import _ca, _leaf
     key = rsa.generate_private_key(65537, 2048)
-    rogue = issue(None, None, _name("DRIMbox", "499700367909006"), signer.certificate.public_key(),
-                  self_key=key)
+    rogue_ca = _ca(name("TEST AC IGC-SANTE ELEMENTAIRE ORGANISATIONS"), key, None, key, 0)
+    rogue = _leaf(signer.certificate.public_key(), signer.certificate.subject, "signature",
+                  rogue_ca, key)
     async with DmpClient(dmp_config, ForeignSigner(signer, rogue), client_context(pki)) as c:
         with pytest.raises(DmpPermanentError) as e:
             await c.publish(make_submission())
     assert e.value.code == "FailedAuthentication"
+    assert simulator.entries == {}
 
 
 async def test_certificate_of_another_key_refused(dmp_config, signer, pki, simulator,
                                                   make_submission):
-    other = pki.leaf(rsa.generate_private_key(65537, 2048).public_key(), "DRIMbox",
-                     "499700367909006")
+    other = pki.issue(rsa.generate_private_key(65537, 2048).public_key(),
+                      signer.certificate.subject, "signature")
     async with DmpClient(dmp_config, ForeignSigner(signer, other), client_context(pki)) as c:
         with pytest.raises(DmpPermanentError) as e:
             await c.publish(make_submission())
     assert e.value.code == "FailedCheck"
+
+
+async def test_vihf_signed_by_another_organisation_than_the_tls_client_refused(
+        dmp_config, pki, simulator, make_submission):
+    from appliance.dmp import TokenSigner
+    with pki.token(1) as other_token:     # structure 2's signature key, structure 1's TLS key
+        async with DmpClient(dmp_config, TokenSigner(other_token, "sign"),
+                             client_context(pki, index=0)) as c:
+            with pytest.raises(DmpPermanentError) as e:
+                await c.publish(make_submission())
+    assert e.value.code == "FailedAuthentication" and "another organisation" in e.value.text
 
 
 async def test_replace_of_unknown_entry_refused(client, simulator, make_submission):
@@ -208,4 +221,4 @@ async def test_raw_request_without_vihf_refused(pki, simulator):
                 pki), headers={"Content-Type": "application/soap+xml"}) as r:
             body = await r.read()
     assert r.status == 500 and b"InvalidSecurity" in body
-    assert base64  # noqa: B018 (imported for tamper helpers)
+    assert base64

@@ -11,9 +11,9 @@ import binascii
 import hashlib
 import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Iterator
+from datetime import UTC, datetime, timedelta
 
 import xmlsec
 from cryptography import x509
@@ -85,19 +85,27 @@ def ou(cert: x509.Certificate) -> str:
     return str(vals[0].value) if vals else ""
 
 
-def trusted(cert: x509.Certificate, anchors: list[x509.Certificate]) -> bool:
-    now = datetime.now(timezone.utc)
-    if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    if ca.subject != cert.issuer:
+        return False
+    try:
+        ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes,  # type: ignore
+                               padding.PKCS1v15(), cert.signature_hash_algorithm)
+        return True
+    except (InvalidSignature, TypeError, ValueError):
+        return False
+
+
+def trusted(cert: x509.Certificate, anchors: list[x509.Certificate], depth: int = 0) -> bool:
+    """``cert`` is valid now and chains, through the given CA certificates, to a self-signed one
+    of them (the anchors list holds the root and the issuing CAs, as the IGC-Santé bundle does)."""
+    now = datetime.now(UTC)
+    if depth > 4 or not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
         return False
     for ca in anchors:
-        if ca.subject != cert.issuer:
-            continue
-        try:
-            ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes,  # type: ignore
-                                   padding.PKCS1v15(), cert.signature_hash_algorithm)
-            return True
-        except InvalidSignature:
-            continue
+        if _issued_by(cert, ca):
+            if ca.subject == ca.issuer or trusted(ca, anchors, depth + 1):
+                return True
     return False
 
 
@@ -117,7 +125,7 @@ class _Resolver:
     def __init__(self, docs: dict[str, bytes]) -> None:
         self.docs = docs
 
-    def __enter__(self) -> "_Resolver":
+    def __enter__(self) -> _Resolver:
         xmlsec.cleanup_callbacks()
         xmlsec.register_callbacks(lambda name: True, self._open,
                                   lambda f, buf: f.readinto(buf), lambda f: None)
@@ -218,10 +226,10 @@ def check_vihf(env: etree._Element, anchors: list[x509.Certificate], *,
             raise SecurityFault("wsse:InvalidSecurity", "VIHF Issuer is not the signer's DN")
         try:
             instant = datetime.strptime(a.get("IssueInstant", ""), "%Y-%m-%dT%H:%M:%S.%fZ"
-                                        ).replace(tzinfo=timezone.utc)
+                                        ).replace(tzinfo=UTC)
         except ValueError:
             raise SecurityFault("wsse:InvalidSecurity", "VIHF IssueInstant unreadable") from None
-        if abs(datetime.now(timezone.utc) - instant) > max_age:
+        if abs(datetime.now(UTC) - instant) > max_age:
             raise SecurityFault("wsse:MessageExpired", "VIHF IssueInstant too old or in the future")
     name_id = a.findtext("saml2:Subject/saml2:NameID", "", NS).strip()
     if not name_id:

@@ -12,13 +12,12 @@ import asyncio
 import base64
 import email.parser
 import email.policy
-import json
 import socket
 import ssl
 import struct
 import uuid
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,28 @@ from aiohttp import web
 from cryptography import x509
 from lxml import etree
 
-from .checks import (NS, Entry, Refusal, SecurityFault, Vihf, author_structure, check_addressing,
-                     check_document_entry, check_submission_set, check_vihf, check_xades,
-                     classifications, coded, external, ou, parse_xml, q, slots,
-                     stored_query_values, S)
+from .checks import (
+    NS,
+    Entry,
+    Refusal,
+    S,
+    SecurityFault,
+    Vihf,
+    author_structure,
+    check_addressing,
+    check_document_entry,
+    check_submission_set,
+    check_vihf,
+    check_xades,
+    classifications,
+    coded,
+    external,
+    ou,
+    parse_xml,
+    q,
+    slots,
+    stored_query_values,
+)
 
 BASE = "/si-dmp-server/v2/services"
 APPROVED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved"
@@ -65,8 +82,8 @@ class DmpSimulator:
                  limit: int = 32 * 1024 * 1024) -> None:
         self.host, self.port, self.limit = host, port, limit
         self._ssl = server_context(cert, key, client_ca)
-        self.anchors = [x509.load_pem_x509_certificate(p.read_bytes())
-                        for p in (trust_anchors or [client_ca])]
+        self.anchors = [c for p in (trust_anchors or [client_ca])
+                        for c in x509.load_pem_x509_certificates(p.read_bytes())]
         self.repository_id = "1.2.250.1.213.1.1.9.999"
         self._runner: web.AppRunner | None = None
         self.reset()
@@ -284,7 +301,7 @@ class DmpSimulator:
         msg = Message()
         msg["content-type"] = content_type
         ctype = msg.get_content_type()
-        params = dict((k.lower(), v) for k, v in msg.get_params()[1:])
+        params = {k.lower(): v for k, v in msg.get_params()[1:]}
         if ctype == "application/soap+xml":
             env, parts = parse_xml(body, self.limit), {}
         elif ctype == "multipart/related":
@@ -688,7 +705,7 @@ class DmpSimulator:
         r = etree.Element(f"{{{H}}}PRPA_IN201306UV02", ITSVersion="XML_1.0", nsmap={None: H})
         etree.SubElement(r, f"{{{H}}}id", root="1.2.250.1.213.4.1.1.1", extension=str(uuid.uuid4()))
         etree.SubElement(r, f"{{{H}}}creationTime",
-                         value=datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S"))
+                         value=datetime.now(UTC).strftime("%Y%m%d%H%M%S"))
         ack = etree.SubElement(r, f"{{{H}}}acknowledgement")
         etree.SubElement(ack, f"{{{H}}}typeCode", code="AA")
         cap = etree.SubElement(r, f"{{{H}}}controlActProcess", classCode="CACT", moodCode="EVN")
