@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiohttp
 from lxml import etree
@@ -64,18 +64,23 @@ def publication_actor(s: KosSubmission, profession: Code = MEDECIN,
                  mode=AuthMode.INDIRECTE)
 
 
+def _get(config: Any, name: str, default: T) -> T:
+    """A ``[dmp]`` key, or its default for a config object that predates the key."""
+    return cast(T, getattr(config, name, default))
+
+
 def _dmp_settings(config: Any) -> dict[str, Any]:
-    """The ``[dmp]`` keys this module reads, with defaults for keys an older config lacks."""
-    get = lambda k, d: getattr(config, k, d)
+    """The ``[dmp]`` keys this module reads (appliance.config.DmpConfig)."""
     return {
         "url": str(config.url).rstrip("/"),
-        "timeout": float(get("timeout", 30.0)),
-        "source_id": get("source_id", "1.2.250.1.999.1.1.8121"),
-        "digest": get("digest_algorithm", "sha256"),
-        "max_response_bytes": int(get("max_response_bytes", 64 * 1024 * 1024)),
-        "software": Software(id=get("lps_id", "OPEN-DRIMBOX"), name=get("lps_name", "Open DRIMbox"),
-                             version=get("lps_version", "0.1.0"),
-                             homologation=get("lps_homologation", "HOMOLOGATION-TEST")),
+        "timeout": float(_get(config, "timeout", 30.0)),
+        "source_id": _get(config, "source_id", "1.2.250.1.999.1.1.8121"),
+        "digest": _get(config, "digest_algorithm", "sha256"),
+        "max_response_bytes": int(_get(config, "max_response_bytes", 64 * 1024 * 1024)),
+        "software": Software(id=_get(config, "lps_id", "OPEN-DRIMBOX"),
+                             name=_get(config, "lps_name", "Open DRIMbox"),
+                             version=_get(config, "lps_version", "0.1.0"),
+                             homologation=_get(config, "lps_homologation", "HOMOLOGATION-TEST")),
     }
 
 

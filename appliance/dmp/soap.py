@@ -113,7 +113,7 @@ class SoapMessage:
 def _content_type_params(header: str) -> tuple[str, dict[str, str]]:
     msg = Message()
     msg["content-type"] = header
-    params = {k.lower(): v for k, v in msg.get_params(header="content-type")[1:]}
+    params = {k.lower(): str(v) for k, v in (msg.get_params(header="content-type") or [])[1:]}
     return msg.get_content_type(), params
 
 

@@ -229,7 +229,7 @@ def _codes(el: etree._Element, scheme: str) -> tuple[Code, ...]:
 def _external(el: etree._Element, scheme: str) -> str:
     for e in el.findall(f"{{{RIM}}}ExternalIdentifier"):
         if e.get("identificationScheme") == scheme:
-            return e.get("value", "")
+            return str(e.get("value", ""))
     return ""
 
 
