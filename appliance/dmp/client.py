@@ -148,10 +148,12 @@ class DmpClient:
     async def find_documents(self, patient: PatientId, actor: Actor, *,
                              statuses: tuple[str, ...] = (C.APPROVED,),
                              event_codes: tuple[Code, ...] = (),
+                             class_codes: tuple[Code, ...] = (),
                              created_from: datetime | None = None,
                              created_to: datetime | None = None,
                              return_type: str = "LeafClass") -> QueryResult:
-        """ITI-18 FindDocuments on the patient's record; ``event_codes`` are ORed."""
+        """ITI-18 FindDocuments on the patient's record; ``event_codes`` are ORed, as are
+        ``class_codes`` (e.g. ``codes.CLASS_IMAGING`` to list KOS entries only)."""
         params: dict[str, str | list[str]] = {
             "$XDSDocumentEntryPatientId": transactions.quote(patient.xds),
             "$XDSDocumentEntryStatus": transactions.quoted_list(statuses),
@@ -159,6 +161,9 @@ class DmpClient:
         if event_codes:
             params["$XDSDocumentEntryEventCodeList"] = transactions.quoted_list(
                 [f"{c.code}^^{c.system}" for c in event_codes])
+        if class_codes:
+            params["$XDSDocumentEntryClassCode"] = transactions.quoted_list(
+                [f"{c.code}^^{c.system}" for c in class_codes])
         if created_from:
             params["$XDSDocumentEntryCreationTimeFrom"] = _dtm(created_from)
         if created_to:

@@ -123,3 +123,48 @@ async def test_sha1_profile_as_in_ans_samples(dmp_config, token, pki, make_submi
         assert b"xmldsig#rsa-sha1" in r.signature_document
         assert [e.unique_id for e in (await c.find_documents(PATIENT, consumer)).entries
                 if e.mime_type == "application/dicom"] == [s.kos_uid]
+
+
+async def test_class_code_filter_lists_kos_only(client, make_submission, consumer):
+    s = make_submission()
+    await client.publish(s)
+    everything = await client.find_documents(PATIENT, consumer)
+    kos_only = await client.find_documents(PATIENT, consumer, class_codes=(C.CLASS_IMAGING,))
+    assert len(everything.entries) == 2          # the KOS and its signature document
+    assert [e.unique_id for e in kos_only.entries] == [s.kos_uid]
+
+
+async def test_inspection_endpoints_show_what_was_stored(client, pki, simulator,
+                                                         make_submission):
+    import aiohttp
+
+    from tests.dmp.conftest import client_context
+    s = make_submission()
+    await client.publish(s)
+    base = f"https://127.0.0.1:{simulator.port}/_inspect"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/entries", ssl=client_context(pki)) as r:
+            entries = await r.json()
+        async with http.get(f"{base}/documents/{s.kos_uid}", ssl=client_context(pki)) as r:
+            stored = await r.read()
+    assert {e["unique_id"] for e in entries} == {s.kos_uid, s.signature_uid}
+    assert stored == s.kos
+    assert all(e["status"] == C.APPROVED for e in entries)
+
+
+def test_simulator_runs_as_a_module_for_the_demo(sim_certs):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[2]
+    p = subprocess.Popen([sys.executable, "-m", "tests.peers.dmp", "--port", "0", "--cert",
+                          str(sim_certs.cert), "--key", str(sim_certs.key), "--client-ca",
+                          str(sim_certs.client_ca)], cwd=repo, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        info = json.loads(p.stdout.readline())
+        assert info["url"].startswith("https://127.0.0.1:") and info["port"] > 0
+    finally:
+        p.terminate()
+        p.wait(10)

@@ -222,3 +222,17 @@ async def test_raw_request_without_vihf_refused(pki, simulator):
             body = await r.read()
     assert r.status == 500 and b"InvalidSecurity" in body
     assert base64
+
+
+def wrap_vihf_id(env, _):
+    """Signature wrapping: a second element carrying the assertion's ID."""
+    a = env.find(".//saml2:Assertion", NS)
+    decoy = etree.SubElement(env.find("soap:Header", NS), "{urn:x}Decoy", ID=a.get("ID"))
+    decoy.text = "x"
+
+
+async def test_signature_wrapping_refused(dmp_config, signer, pki, simulator, make_submission):
+    async with Tampering(dmp_config, signer, client_context(pki), tamper=wrap_vihf_id) as c:
+        with pytest.raises(DmpPermanentError) as e:
+            await c.publish(make_submission())
+    assert e.value.code == "InvalidSecurity" and "not unique" in e.value.text

@@ -218,6 +218,11 @@ def check_vihf(env: etree._Element, anchors: list[x509.Certificate], *,
     c14n = sigs[0].find("ds:SignedInfo/ds:CanonicalizationMethod", NS)
     if c14n is None or c14n.get("Algorithm") != "http://www.w3.org/2001/10/xml-exc-c14n#":
         raise SecurityFault("wsse:InvalidSecurity", "VIHF SignedInfo must use exclusive C14N")
+    same_id = [el for el in env.iter() if a.get("ID") in (el.get("ID"), el.get("Id"),
+                                                        el.get("id"))]
+    if len(same_id) != 1:
+        # Another element carrying the assertion's ID is the mark of a signature-wrapping attack.
+        raise SecurityFault("wsse:InvalidSecurity", "the VIHF ID is not unique in the message")
     cert = None
     if verify:
         cert = verify_signature(a, sigs[0], "ID", anchors)
@@ -397,6 +402,7 @@ class Entry:
     is_signature: bool
     reference_ids: list[str] = field(default_factory=list)
     event_codes: list[tuple[str, str]] = field(default_factory=list)
+    class_code: tuple[str, str] = ("", "")
     creation_time: str = ""
 
 

@@ -513,6 +513,7 @@ class DmpSimulator:
             structure=author_structure(eo, S["de_author"]), is_signature=is_sig,
             reference_ids=s.get("urn:ihe:iti:xds:2013:referenceIdList", []),
             event_codes=[coded(c) for c in classifications(eo, S["event"])],
+            class_code=coded(classifications(eo, S["class"])[0]),
             creation_time=s.get("creationTime", [""])[0])
         self.by_unique[unique_id] = entry_uuid
 
@@ -588,6 +589,9 @@ class DmpSimulator:
             for group in params.get("$XDSDocumentEntryEventCodeList", []):
                 wanted = {tuple(v.split("^^", 1)) for v in group}
                 found = [e for e in found if wanted & set(e.event_codes)]
+            for group in params.get("$XDSDocumentEntryClassCode", []):
+                classes = {tuple(v.split("^^", 1)) for v in group}
+                found = [e for e in found if e.class_code in classes]
             for name, keep in (("$XDSDocumentEntryCreationTimeFrom", lambda t, b: t >= b),
                                ("$XDSDocumentEntryCreationTimeTo", lambda t, b: t < b)):
                 if name in params:
