@@ -117,3 +117,15 @@ def consumer() -> Actor:
     return Actor(identifier="810002909371", name="Jean RADIOLOGUE", profession=MEDECIN,
                  specialty=Code("SM44", "1.2.250.1.71.4.2.5", "Radio-diagnostic"),
                  structure_id="10B0000001", sector="SA01", mode=AuthMode.INDIRECTE_RENFORCEE)
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _release_tls_contexts() -> Any:
+    """Free the box's TLS contexts once the DMP tests are done: while one lives, pkcs11-provider
+    keeps a session object for the auth key, which other areas' key searches would also find."""
+    yield
+    import gc
+
+    from tests.dmp import pki as dmp_pki
+    dmp_pki._CONTEXTS.clear()
+    gc.collect()
