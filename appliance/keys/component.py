@@ -35,6 +35,8 @@ class KeysComponent:
         self._monitor = events.ReaderMonitor(lambda action, props: self._wake.set())
         self._cert_health: dict[str, certs.Expiry] = {}
         self._running = False
+        self._slots: events.SlotWatcher | None = None
+        self.reader_events: list[events.SlotEvent] = []  # most recent last, bounded
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -71,6 +73,7 @@ class KeysComponent:
             await loop.run_in_executor(None, self._check)
 
     def _check(self) -> None:
+        self._watch_slots()
         was = self.token.present
         ok = self.token.probe()
         if ok != was:
@@ -79,6 +82,18 @@ class KeysComponent:
                 extra={"token": self.token.token_label, "status": self.token.health().status})
         if ok:
             self._check_certs()
+
+    def _watch_slots(self) -> None:
+        lib = self.token._lib
+        if lib is None:
+            return
+        if self._slots is None:
+            self._slots = events.SlotWatcher(lib)
+        with self.token._lock:  # python-pkcs11 initialises without locking flags: serialise
+            found = self._slots.poll()
+        for ev in found:
+            log.info("card event", extra={"action": ev.action, "slot": ev.slot})
+            self.reader_events = (self.reader_events + [ev])[-20:]
 
     def _check_certs(self) -> None:
         out: dict[str, certs.Expiry] = {}

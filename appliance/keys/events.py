@@ -3,13 +3,14 @@
 Two sources, both optional, both only *hints*: the component re-probes the token on each event and
 also polls, so a missed event delays detection by one poll interval at most.
 - udev (pyudev): USB CCID smartcard readers plugged in or out (interface class 0x0b).
-- PKCS#11 slot events (``C_WaitForSlotEvent`` non-blocking): card inserted or removed in a reader.
+- PKCS#11 slot flags (:class:`SlotWatcher`): card inserted or removed in a reader.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,41 @@ class ReaderMonitor:
         self._monitor = None
 
 
-def poll_slot_event(lib: Any) -> Any | None:
-    """A pending PKCS#11 slot event (the slot), or None. Never blocks; None when unsupported."""
-    import pkcs11.exceptions as p11e
+@dataclass(frozen=True)
+class SlotEvent:
+    action: str  # "inserted" or "removed"
+    slot: str  # the reader / slot description (no card data)
 
-    try:
-        return lib.wait_for_slot_event(blocking=False)
-    except (p11e.NoEvent, p11e.FunctionNotSupported, p11e.PKCS11Error):
-        return None
+
+def slot_states(lib: Any) -> dict[str, bool]:
+    """Slot description -> token present, for every slot of the module (readers included)."""
+    import pkcs11
+
+    out: dict[str, bool] = {}
+    for s in lib.get_slots(token_present=False):
+        out[str(s.slot_description).strip()] = bool(s.flags & pkcs11.SlotFlag.TOKEN_PRESENT)
+    return out
+
+
+class SlotWatcher:
+    """Card insert/remove seen through PKCS#11 slot flags. Polling, because many modules (OpenSC
+    among them) only queue ``C_WaitForSlotEvent`` events for a caller blocked in it, and a blocked
+    call cannot be cancelled cleanly at shutdown."""
+
+    def __init__(self, lib: Any) -> None:
+        self.lib = lib
+        self._last: dict[str, bool] | None = None
+
+    def poll(self) -> list[SlotEvent]:
+        import pkcs11.exceptions as p11e
+
+        try:
+            now = slot_states(self.lib)
+        except p11e.PKCS11Error:
+            now = {}
+        before, self._last = self._last, now
+        if before is None:
+            return []
+        events = [SlotEvent("inserted", s) for s, p in now.items() if p and not before.get(s)]
+        events += [SlotEvent("removed", s) for s, p in before.items() if p and not now.get(s)]
+        return events

@@ -30,7 +30,7 @@ from pkcs11.util.ec import encode_ec_public_key, encode_ecdsa_signature, encode_
 
 from appliance.component import Health
 
-from . import provider
+from . import provider, softhsm
 from .errors import KeyNotFound, KeysError, ModuleError, PinError, PinFileError, TokenAbsent
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,9 @@ class Token:
         self._failed_logins = 0
         self._pin_identity: tuple[int, int, int] | None = None
         self._state = _State()
+        self._last_reinit = -1e9
+
+    REINIT_INTERVAL = 2.0  # seconds
 
     @classmethod
     def from_config(cls, hsm_cfg: Any, cert_dir: str | Path | None = None) -> Token:
@@ -176,17 +179,22 @@ class Token:
         try:
             return lib.get_token(token_label=self.token_label)
         except p11e.NoSuchToken:
-            pass
+            broken = False
         except p11e.MultipleTokensReturned:
             raise KeysError(f"several tokens are labelled {self.token_label!r}") from None
         except p11e.PKCS11Error:
-            pass
-        # The module may hold a stale slot list (SoftHSM after its token store moved, some
-        # readers after a re-plug): re-initialise it once and look again. Not when
-        # pkcs11-provider shares the module in this process: C_Finalize would pull its sessions
-        # away (measured: its next handshake fails), so there we rely on the module's rescans.
-        if provider.active_module() == self.module:
+            broken = True
+        # Card modules rescan their readers on C_GetSlotList; SoftHSM does not, and a module
+        # that failed (GeneralError after its token store moved) needs a fresh C_Initialize.
+        # Re-initialise then, at most every REINIT_INTERVAL (on a card module it re-probes every
+        # card), and never while pkcs11-provider shares the module in this process: C_Finalize
+        # would pull its sessions away (measured: its next handshake fails).
+        now = time.monotonic()
+        if not (broken or softhsm.is_softhsm(self.module)) or \
+                provider.active_module() == self.module or \
+                now - self._last_reinit < self.REINIT_INTERVAL:
             raise TokenAbsent(f"token {self.token_label!r} not present in {self.module}")
+        self._last_reinit = now
         try:
             lib.reinitialize()
             return lib.get_token(token_label=self.token_label)

@@ -222,7 +222,10 @@ async def main():
     comp.wake(); await asyncio.sleep(0.3)
     out["health_away"] = comp.health().as_json()
     shutil.move(work / "away", store)
-    comp.wake(); await asyncio.sleep(0.3)
+    for _ in range(40):  # re-probed on each wake; back within a few seconds
+        comp.wake(); await asyncio.sleep(0.25)
+        if comp.health().ready:
+            break
     out["health_back"] = comp.health().as_json()
     out["after"] = len(tok.sign("sign", b"x"))
     await comp.stop()
