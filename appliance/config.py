@@ -175,14 +175,16 @@ class DmpConfig:
     # Added keys.
     enabled: bool = True
     timeout: float = field(default=30.0, metadata=_check(_positive))
-    signature_algorithm: str = field(default="rsa-sha256",
-                                     metadata=_check(_one_of("rsa-sha256", "rsa-sha1")))
-    digest_algorithm: str = field(default="sha256", metadata=_check(_one_of("sha256", "sha1")))
-    source_id: str = field(default="1.2.250.1.999.1.1.8121", metadata=_check(_non_empty))
+    # Added by the DMP connector: this software's identifiers at the DMP (VIHF LPS_* attributes),
+    # the XDS sourceId OID, signature algorithms (the ANS samples use SHA-1) and an answer size cap.
     lps_id: str = field(default="OPEN-DRIMBOX", metadata=_check(_non_empty))
     lps_name: str = field(default="Open DRIMbox", metadata=_check(_non_empty))
     lps_version: str = field(default="0.1.0", metadata=_check(_non_empty))
     lps_homologation: str = field(default="HOMOLOGATION-TEST", metadata=_check(_non_empty))
+    source_id: str = field(default="1.2.250.1.999.1.1.8121", metadata=_check(_non_empty))
+    signature_algorithm: str = field(default="rsa-sha256",
+                                     metadata=_check(_one_of("rsa-sha256", "rsa-sha1")))
+    digest_algorithm: str = field(default="sha256", metadata=_check(_one_of("sha256", "sha1")))
     max_response_bytes: int = field(default=64 * 1024 * 1024, metadata=_check(_positive))
 
 

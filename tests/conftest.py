@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,3 +50,17 @@ def free_port() -> int:
 @pytest.fixture
 def port_factory():
     return free_port
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The IGC-Santé-shaped test PKI (``appliance.keys.testpki``), leaf keys on SoftHSM; one per
+    test process, shared by every area, because SoftHSM reads SOFTHSM2_CONF only once."""
+    import shutil
+
+    from appliance.keys import softhsm
+    from appliance.keys.testpki import make_test_pki
+
+    if softhsm.module_path() is None or shutil.which("softhsm2-util") is None:
+        pytest.skip("SoftHSM2 not installed (Debian package softhsm2)")
+    yield make_test_pki(tmp_path_factory.mktemp("pki"), spares=["drimbox-test-pin"])
