@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydicom import Dataset
-from pydicom.uid import UID
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
@@ -34,7 +33,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from appliance.component import Health
 from appliance.config import Config
-from appliance.store import Store, StoredInstance
+from appliance.store import Store, StoredInstance, valid_uid
 
 from .scp import STORAGE_SOP_CLASSES, STORAGE_TRANSFER_SYNTAXES, ingest_status, set_nodelay
 
@@ -110,7 +109,7 @@ class RetrieveSummary:
 
 def check_uid(value: str, what: str) -> str:
     """A query UID: digits and dots only (no wildcard, no list), at most 64 characters."""
-    if not isinstance(value, str) or not UID(value).is_valid:
+    if not isinstance(value, str) or not valid_uid(value):
         raise ValueError(f"{what}: not a valid DICOM UID")
     return value
 
@@ -184,8 +183,12 @@ class _Abortable:
     def abort(self) -> None:
         with self._lock:
             self.cancelled = True
-            if self._assoc is not None and self._assoc.is_alive():
+            if self._assoc is not None:
                 self._assoc.abort()
+                # A local abort does not wake a thread blocked on the next DIMSE response (it
+                # would sit out the DIMSE timeout); (None, None) is what pynetdicom queues when
+                # the peer aborts, so the worker sees "no response" at once.
+                self._assoc.dimse.msg_queue.put((None, None))
 
 
 class Retrieval(AsyncIterator[StoredInstance]):
@@ -261,9 +264,9 @@ class PacsLink:
         if study_uid is None and accession is None and patient_id is None:
             raise ValueError("find_studies needs study_uid, accession or patient_id")
         keys = {
-            "StudyInstanceUID": check_uid(study_uid, "study_uid") if study_uid else "",
-            "AccessionNumber": check_accession(accession) if accession else "",
-            "PatientID": self._check_patient_id(patient_id) if patient_id else "",
+            "StudyInstanceUID": "" if study_uid is None else check_uid(study_uid, "study_uid"),
+            "AccessionNumber": "" if accession is None else check_accession(accession),
+            "PatientID": "" if patient_id is None else self._check_patient_id(patient_id),
             "IssuerOfPatientID": "", "PatientName": "", "PatientBirthDate": "", "PatientSex": "",
             "StudyDate": "", "StudyTime": "", "StudyDescription": "", "ModalitiesInStudy": "",
             "NumberOfStudyRelatedSeries": "", "NumberOfStudyRelatedInstances": "",
@@ -296,7 +299,7 @@ class PacsLink:
         check_uid(study_uid, "study_uid")
         if series_uid is not None:
             check_uid(series_uid, "series_uid")
-        series = [series_uid] if series_uid else [s.series_uid for s in
+        series = [series_uid] if series_uid is not None else [s.series_uid for s in
                                                   await self.find_series(study_uid)]
         out: list[InstanceMatch] = []
         for se in series:
