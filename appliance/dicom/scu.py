@@ -12,6 +12,7 @@ not carry DICOM wildcards, so a caller can never turn "fetch this study" into "f
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -314,7 +315,10 @@ class PacsLink:
         return out
 
     def retrieve_study(self, study_uid: str) -> Retrieval:
-        """Fetch a whole study into the store (``pacs.retrieve``: C-MOVE to the box or C-GET)."""
+        """Fetch a whole study into the store (``pacs.retrieve``: C-MOVE to the box or C-GET).
+
+        With C-MOVE the PACS sends to the box's own AE, so the :class:`DicomNode` of this
+        process must be running on the same store (and the PACS must know the box's AE)."""
         return Retrieval(self, check_uid(study_uid, "study_uid"), None)
 
     def retrieve_series(self, study_uid: str, series_uid: str) -> Retrieval:
@@ -471,7 +475,13 @@ class PacsLink:
                 if item.sop_uid not in seen:  # a retried C-MOVE may resend what we already have
                     seen.add(item.sop_uid)
                     yield item
-            final = task.result()  # raises PacsError / PacsUnavailable
+            try:
+                final = task.result()
+            except PacsError as e:  # say what did arrive before the failure
+                if e.summary is not None:
+                    e.summary = dataclasses.replace(e.summary, received=len(seen))
+                    r.summary = e.summary
+                raise
             r.summary = RetrieveSummary(final.status, final.completed, final.failed,
                                         final.warning, len(seen), final.failed_sop_uids)
             log.info("retrieve finished", extra={"completed": final.completed,

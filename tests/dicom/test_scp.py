@@ -111,6 +111,22 @@ async def test_compressed_syntaxes_are_kept_as_sent(node: DicomNode, store: Stor
         assert dataset_bytes(path.read_bytes()) == dataset_bytes(f.read_bytes())
 
 
+async def test_sockets_have_nodelay_and_the_configured_max_pdu(
+        make_config: Callable[..., C.Config], store: Store) -> None:
+    cfg = make_config(dicom={"max_pdu": 65536})
+    node = DicomNode(cfg, store)
+    await node.start()
+    try:
+        assoc, sock = await asyncio.to_thread(_associate, node.port)
+        assert assoc.acceptor.maximum_length == 65536  # type: ignore[attr-defined]
+        (server_side,) = node._server.active_associations  # type: ignore[union-attr]
+        raw = server_side.dul.socket.socket
+        assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        await asyncio.to_thread(assoc.release)  # type: ignore[attr-defined]
+    finally:
+        await node.stop()
+
+
 async def test_concurrent_associations_all_stored(node: DicomNode, store: Store,
                                                   tmp_path: Path) -> None:
     studies = [synthetic_study("MR", 6, out_dir=tmp_path / f"s{i}") for i in range(3)]
@@ -288,7 +304,8 @@ async def test_stop_during_transfer_aborts_cleanly(node: DicomNode, store: Store
         first.set()
 
     store.add_listener(on_stored)
-    proc = asyncio.ensure_future(run_tool(*storescu(node.port, files, pdu=16384)))
+    port = node.port
+    proc = asyncio.ensure_future(run_tool(*storescu(port, files, pdu=16384)))
     assert await asyncio.to_thread(first.wait, 30)
     t0 = time.monotonic()
     await node.stop()
@@ -303,5 +320,5 @@ async def test_stop_during_transfer_aborts_cleanly(node: DicomNode, store: Store
     assert all(dataset_bytes(p.read_bytes()) in sent for p in on_disk)  # whole files only
     assert not node.health().ready
     rc, _ = await run_tool("echoscu", "-aet", MODALITY_AET, "-aec", BOX_AET, "127.0.0.1",
-                           str(store.config.dicom.port or 1), timeout=10)
-    assert rc != 0
+                           str(port), timeout=10)
+    assert rc != 0  # nobody listens any more
