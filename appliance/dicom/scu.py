@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydicom import Dataset
+from pydicom.multival import MultiValue
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
@@ -36,7 +37,7 @@ from appliance.component import Health
 from appliance.config import Config
 from appliance.store import Store, StoredInstance, valid_uid
 
-from .scp import STORAGE_SOP_CLASSES, STORAGE_TRANSFER_SYNTAXES, ingest_status, set_nodelay
+from .scp import STORAGE_SOP_CLASSES, STORAGE_TRANSFER_SYNTAXES, ingest_status, tune_association
 
 log = logging.getLogger("appliance.dicom.pacs")
 
@@ -126,7 +127,7 @@ def _text(ds: Dataset, keyword: str) -> str:
     v = ds.get(keyword)
     if v is None or v == "":
         return ""
-    if isinstance(v, (list, tuple)) or getattr(v, "VM", 1) > 1:
+    if isinstance(v, (list, tuple, MultiValue)):
         return "\\".join(str(x) for x in v)
     return str(v)
 
@@ -356,7 +357,7 @@ class PacsLink:
         ae = self._ae(timeout or pacs.timeout)
         ae.requested_contexts = contexts
         assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title, ext_neg=roles or None,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)] + (handlers or []))
+                             evt_handlers=[(evt.EVT_CONN_OPEN, tune_association)] + (handlers or []))
         if not assoc.is_established:
             why = ("rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted
                    else "no answer")

@@ -154,6 +154,26 @@ async def test_unknown_calling_ae_is_refused_and_logged(node: DicomNode, store: 
     assert rc == 0, out
 
 
+async def test_association_limit_refuses_the_extra_peer(
+        make_config: Callable[..., C.Config], store: Store,
+        caplog: pytest.LogCaptureFixture) -> None:
+    node = DicomNode(make_config(dicom={"max_associations": 1}), store)
+    await node.start()
+    try:
+        first, _ = await asyncio.to_thread(_associate, node.port)
+        with caplog.at_level(logging.WARNING, logger="appliance.dicom"):
+            rc, out = await run_tool("echoscu", "-aet", MODALITY_AET, "-aec", BOX_AET,
+                                     "127.0.0.1", str(node.port))
+            await asyncio.sleep(0.2)
+        assert rc != 0 and "Association Rejected" in out
+        assert any(getattr(r, "reason", "") == "too many associations" for r in caplog.records)
+        await asyncio.to_thread(first.release)  # type: ignore[attr-defined]
+        await asyncio.sleep(0.3)
+        await _still_serving(node)
+    finally:
+        await node.stop()
+
+
 async def test_wrong_called_ae_is_refused(node: DicomNode) -> None:
     rc, out = await run_tool("echoscu", "-aet", MODALITY_AET, "-aec", "SOMEONE", "127.0.0.1",
                              str(node.port))
