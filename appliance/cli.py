@@ -59,6 +59,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin_token(args: argparse.Namespace) -> int:
+    from appliance.web.admin import ensure_token
+
+    print(ensure_token(_load(args.config)))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="drimbox", description="Open DRIMbox appliance (DRIM-M).")
     p.add_argument("--version", action="version", version=f"drimbox {__version__}")
@@ -75,6 +82,16 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_config_check)
     ex = cfg_sub.add_parser("example", help="print a complete example configuration")
     ex.set_defaults(func=cmd_config_example)
+
+    adm = sub.add_parser("admin", help="admin API tools")
+    adm_sub = adm.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
+    tok = adm_sub.add_parser("token", help="print the admin API bearer token (created if absent)")
+    _add_config_arg(tok)
+    tok.set_defaults(func=cmd_admin_token)
+
+    from appliance.keys.cli import register as register_hsm
+
+    register_hsm(sub)
 
     gen = sub.add_parser("generate", help="write a synthetic study (tests, benchmarks, demo)")
     gen.add_argument("--kind", choices=["CT", "MR"], default="CT")

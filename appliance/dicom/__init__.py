@@ -1,1 +1,2 @@
-"""The box as a DICOM node: its SCP (scp.py) and its link to the site PACS (scu.py)."""
+"""The DICOM side of the box: its SCP (scp.py), its link to the site PACS (scu.py), KOS
+manifests (kos.py) and UIDs (uids.py)."""

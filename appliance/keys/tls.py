@@ -1,0 +1,85 @@
+"""``ssl.SSLContext`` objects whose private key is a token key (client and server side).
+
+The contexts are plain stdlib contexts: pass them to aiohttp (``ssl=`` of a connector or of
+``web.TCPSite``) or to ``asyncio``. The certificate is checked before use (validity, KeyUsage/EKU,
+chain to ``hsm.trust_anchors`` when configured) so an expired or wrong-usage certificate is refused
+at start, not at the first handshake.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from . import certs, provider
+from .errors import CertificateRefused, KeysError
+
+
+def _check_cert(hsm_cfg: Any, cert_file: str | Path, use: str) -> None:
+    try:
+        chain = x509.load_pem_x509_certificates(Path(cert_file).read_bytes())
+    except (OSError, ValueError) as e:
+        raise CertificateRefused(f"cannot read certificate {cert_file}: {e}") from None
+    trust = certs.load_pem_certificates(getattr(hsm_cfg, "trust_anchors", ()) or ())
+    certs.check_for_use(chain[0], use, trust + chain[1:])
+
+
+def _diagnose(hsm_cfg: Any, key_label: str, err: Exception) -> KeysError:
+    """Turn OpenSSL's terse error ("PEM lib", "key values mismatch") into what is wrong."""
+    from .token import Token  # local: only needed on failure
+
+    try:
+        with Token.from_config(hsm_cfg) as tok:
+            tok.public_key(key_label)
+    except KeysError as e:
+        return type(e)(f"cannot use token key {key_label!r} for TLS: {e}")
+    if "mismatch" in str(err):
+        return CertificateRefused(f"the certificate does not match token key {key_label!r}")
+    return KeysError(f"OpenSSL refused token key {key_label!r}: {err}")
+
+
+def _load(ctx: ssl.SSLContext, hsm_cfg: Any, key_label: str, cert_file: str | Path) -> None:
+    key_file = provider.write_key_file(hsm_cfg.token_label, key_label, hsm_cfg.pin_file)
+    try:
+        ctx.load_cert_chain(str(cert_file), str(key_file))
+    except ssl.SSLError as e:
+        raise _diagnose(hsm_cfg, key_label, e) from None
+
+
+def _policy(ctx: ssl.SSLContext, hsm_cfg: Any) -> None:
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not getattr(hsm_cfg, "rsa_pss", True):
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # signature algorithms: see provider.py
+
+
+def client_context(hsm_cfg: Any, key_label: str, cert_file: str | Path,
+                   cafile: str | Path | None) -> ssl.SSLContext:
+    """A TLS client context authenticating with token key ``key_label`` and ``cert_file``
+    (leaf first, then intermediates), verifying servers against ``cafile``."""
+    provider.activate(hsm_cfg.module, getattr(hsm_cfg, "rsa_pss", True))
+    _check_cert(hsm_cfg, cert_file, "tls-client")
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                     cafile=str(cafile) if cafile else None)
+    _policy(ctx, hsm_cfg)
+    _load(ctx, hsm_cfg, key_label, cert_file)
+    return ctx
+
+
+def server_context(hsm_cfg: Any, key_label: str, cert_file: str | Path,
+                   client_ca: str | Path | None = None) -> ssl.SSLContext:
+    """A TLS server context with token key ``key_label``. With ``client_ca``, clients must present
+    a certificate issued under it (mTLS for peers); without, no client certificate is asked."""
+    provider.activate(hsm_cfg.module, getattr(hsm_cfg, "rsa_pss", True))
+    _check_cert(hsm_cfg, cert_file, "tls-server")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    _policy(ctx, hsm_cfg)
+    if client_ca:
+        ctx.load_verify_locations(cafile=str(client_ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    _load(ctx, hsm_cfg, key_label, cert_file)
+    return ctx

@@ -1,0 +1,1 @@
+"""The demo network on loopback (README's first command)."""
