@@ -71,8 +71,10 @@ def make_data(cache: Path, slices: int, big_mb: int) -> tuple[list[Path], str, l
             template.save_as(big_dir / f"BIG_{i + 1:05d}.dcm", enforce_file_format=True)
         (big_dir / "done").write_text("")
     big = sorted(big_dir.glob("*.dcm")) if big_mb else []
-    uid = lambda f: str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID)  # noqa: E731
-    return ct, uid(ct[0]), big, (uid(big[0]) if big else "")
+    def study_of(f: Path) -> str:
+        return str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID)
+
+    return ct, study_of(ct[0]), big, (study_of(big[0]) if big else "")
 
 
 # -- RSS sampling -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -431,7 +431,7 @@ class PacsLink:
 
         return await self._run(work, self._config.pacs.timeout)
 
-    async def _retrieve(self, r: Retrieval) -> AsyncIterator[StoredInstance]:
+    async def _retrieve(self, r: Retrieval) -> AsyncGenerator[StoredInstance, None]:
         """The body of :class:`Retrieval`: start the worker, yield stored events until it ends."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
