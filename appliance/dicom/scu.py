@@ -133,10 +133,10 @@ def _text(ds: Dataset, keyword: str) -> str:
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
-    try:
+    try:  # pydicom converts IS on access: "x" raises ValueError, "INF" OverflowError
         v = ds.get(keyword)
         return None if v is None or v == "" else int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -147,9 +147,23 @@ def _multi(ds: Dataset, keyword: str) -> tuple[str, ...]:
     if isinstance(v, str):
         return tuple(x for x in v.split("\\") if x)
     try:
-        return tuple(str(x) for x in v)
+        return tuple(str(x) for x in v if str(x))
     except TypeError:
         return (str(v),)
+
+
+def study_match(d: Dataset) -> StudyMatch:
+    """A STUDY-level C-FIND response as typed values (tolerant: a bad number becomes None)."""
+    return StudyMatch(
+        study_uid=_text(d, "StudyInstanceUID"), accession_number=_text(d, "AccessionNumber"),
+        study_date=_text(d, "StudyDate"), study_time=_text(d, "StudyTime"),
+        study_description=_text(d, "StudyDescription"),
+        modalities=_multi(d, "ModalitiesInStudy"),
+        num_series=_int(d, "NumberOfStudyRelatedSeries"),
+        num_instances=_int(d, "NumberOfStudyRelatedInstances"),
+        patient_id=_text(d, "PatientID"), issuer_of_patient_id=_text(d, "IssuerOfPatientID"),
+        patient_name=_text(d, "PatientName"), patient_birth_date=_text(d, "PatientBirthDate"),
+        patient_sex=_text(d, "PatientSex"))
 
 
 def _identifier(level: str, keys: dict[str, str]) -> Dataset:
@@ -274,17 +288,7 @@ class PacsLink:
             "NumberOfStudyRelatedSeries": "", "NumberOfStudyRelatedInstances": "",
         }
         found = await self._find(_identifier("STUDY", keys))
-        return [StudyMatch(
-            study_uid=_text(d, "StudyInstanceUID"), accession_number=_text(d, "AccessionNumber"),
-            study_date=_text(d, "StudyDate"), study_time=_text(d, "StudyTime"),
-            study_description=_text(d, "StudyDescription"),
-            modalities=_multi(d, "ModalitiesInStudy"),
-            num_series=_int(d, "NumberOfStudyRelatedSeries"),
-            num_instances=_int(d, "NumberOfStudyRelatedInstances"),
-            patient_id=_text(d, "PatientID"), issuer_of_patient_id=_text(d, "IssuerOfPatientID"),
-            patient_name=_text(d, "PatientName"), patient_birth_date=_text(d, "PatientBirthDate"),
-            patient_sex=_text(d, "PatientSex"),
-        ) for d in found if _text(d, "StudyInstanceUID")]
+        return [study_match(d) for d in found if _text(d, "StudyInstanceUID")]
 
     async def find_series(self, study_uid: str) -> list[SeriesMatch]:
         """C-FIND at SERIES level within one study."""
