@@ -342,3 +342,40 @@ async def test_stop_during_transfer_aborts_cleanly(node: DicomNode, store: Store
     rc, _ = await run_tool("echoscu", "-aet", MODALITY_AET, "-aec", BOX_AET, "127.0.0.1",
                            str(port), timeout=10)
     assert rc != 0  # nobody listens any more
+
+
+# -- disk really full -----------------------------------------------------------------------
+
+async def test_disk_full_answers_out_of_resources_and_leaves_no_partial_file(
+        make_config: Callable[..., C.Config], tmp_path: Path) -> None:
+    """The instances directory on a 3 MB tmpfs: the disk fills up before the store limit."""
+    import subprocess
+
+    cfg = make_config(store={"max_bytes": 10 * 2**30, "min_free_bytes": 0})
+    mnt = cfg.instances_dir
+    mnt.mkdir(parents=True)
+    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                        capture_output=True).returncode
+    if rc != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN)")
+    try:
+        files = synthetic_study("CT", 10, out_dir=tmp_path / "src")
+        st = Store(cfg, synchronous="NORMAL")
+        st.open()
+        node = DicomNode(cfg, st)
+        await node.start()
+        try:
+            rc, out = await run_tool(*storescu(node.port, files, extra=("-d",)))
+        finally:
+            await node.stop()
+        # The store sees the free space run out (or the write fails with ENOSPC): A700 either way.
+        assert "0xa700: Refused: Out of resources" in out and "ErrorComment" in out, out
+        n = index_count(st)
+        assert 1 <= n < len(files)
+        on_disk = stored_files(st)
+        assert len(on_disk) == n and not list(st.tmp_dir.iterdir())
+        sent = {dataset_bytes(f.read_bytes()) for f in files}
+        assert all(dataset_bytes(p.read_bytes()) in sent for p in on_disk)
+        st.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
