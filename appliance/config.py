@@ -110,6 +110,10 @@ class DicomConfig:
     max_associations: int = field(default=16, metadata=_check(_positive))
     network_timeout: float = field(default=30.0, metadata=_check(_positive))
     modalities: tuple[Modality, ...] = ()
+    # Root for the UIDs the box creates (KOS): the organisation's registered root, or "" for 2.25.
+    uid_root: str = field(default="", metadata=_check(
+        lambda v: None if not v or (len(v) <= 40 and re.fullmatch(r"[1-9][0-9]*(\.(0|[1-9][0-9]*))*", v))
+        else "a UID root of at most 40 characters (digits and dots), or empty for 2.25"))
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,26 @@ class DmpConfig:
     # Added keys.
     enabled: bool = True
     timeout: float = field(default=30.0, metadata=_check(_positive))
+    # Added by the DMP connector: this software's identifiers at the DMP (VIHF LPS_* attributes),
+    # the XDS sourceId OID, signature algorithms (the ANS samples use SHA-1) and an answer size cap.
+    lps_id: str = field(default="OPEN-DRIMBOX", metadata=_check(_non_empty))
+    lps_name: str = field(default="Open DRIMbox", metadata=_check(_non_empty))
+    lps_version: str = field(default="0.1.0", metadata=_check(_non_empty))
+    lps_homologation: str = field(default="HOMOLOGATION-TEST", metadata=_check(_non_empty))
+    source_id: str = field(default="1.2.250.1.999.1.1.8121", metadata=_check(_non_empty))
+    signature_algorithm: str = field(default="rsa-sha256",
+                                     metadata=_check(_one_of("rsa-sha256", "rsa-sha1")))
+    digest_algorithm: str = field(default="sha256", metadata=_check(_one_of("sha256", "sha1")))
+    max_response_bytes: int = field(default=64 * 1024 * 1024, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Added section: the source role's publication rules."""
+
+    image_wait: float = field(default=24 * 3600.0, metadata=_check(_positive))  # seconds
+    image_retry_max: float = field(default=900.0, metadata=_check(_positive))
+    check_accession: bool = False  # also compare OBR-18 with the CDA accession (ANS samples differ)
 
 
 @dataclass(frozen=True)
@@ -192,6 +216,7 @@ class Config:
     hsm: HsmConfig
     dmp: DmpConfig
     store: StoreConfig = StoreConfig()
+    source: SourceConfig = SourceConfig()
     path: Path | None = None
 
     @property
@@ -217,8 +242,9 @@ _SECTIONS: dict[str, type] = {
     "hsm": HsmConfig,
     "dmp": DmpConfig,
     "store": StoreConfig,
+    "source": SourceConfig,
 }
-_OPTIONAL_SECTIONS = {"store"}
+_OPTIONAL_SECTIONS = {"store", "source"}
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
                Path: "a file path (string)"}
