@@ -350,10 +350,12 @@ async def serve_box(data_dir: Path, pacs_port: int) -> None:
     cfg = C.parse(C.example(data_dir=str(data_dir)))
     cfg = dataclasses.replace(
         cfg,
-        dicom=dataclasses.replace(cfg.dicom, port=0, max_pdu=PDU,
+        dicom=dataclasses.replace(cfg.dicom, port=0,
+                                  max_pdu=int(os.environ.get("DRIMBOX_BENCH_BOX_PDU", PDU)),
                                   modalities=(C.Modality(ae_title=BENCH_AET),)),
         pacs=dataclasses.replace(cfg.pacs, port=pacs_port),
-        store=dataclasses.replace(cfg.store, max_bytes=50 * 2**30, min_free_bytes=2**30))
+        store=dataclasses.replace(cfg.store, max_bytes=50 * 2**30, min_free_bytes=2**30,
+                                  fsync=os.environ.get("DRIMBOX_BENCH_FSYNC", "1") == "1"))
     store = Store(cfg)
     store.open()
     node, link = DicomNode(cfg, store), PacsLink(cfg, store)

@@ -158,7 +158,11 @@ async def pacs_find(request: web.Request) -> web.Response:
         return _json_error(502, f"PACS C-FIND failed: {e}")
     audit(request.app[STORE].db, actor="admin", action="pacs.find", interface="http",
           study_uid=keys.get("study_uid", ""), detail=f"{len(matches)} match(es)")
-    return web.json_response({"studies": [_plain(asdict(m)) for m in matches]})
+    # Patient fields stay out of the answer: an operator checks presence, not identities.
+    hidden = {"patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date",
+              "patient_sex"}
+    return web.json_response({"studies": [
+        {k: v for k, v in _plain(asdict(m)).items() if k not in hidden} for m in matches]})
 
 
 async def pacs_retrieve(request: web.Request) -> web.Response:
