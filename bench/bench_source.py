@@ -35,7 +35,7 @@ from appliance.keys.testpki import make_test_pki  # noqa: E402
 from tests.conftest import conformance_path, free_port  # noqa: E402
 from tests.dmp.pki import box_client_context, simulator_certs  # noqa: E402
 from tests.peers.orthanc import DCMTK_ENV, Orthanc  # noqa: E402
-from tests.source.conftest import Simulator, source_box_config  # noqa: E402
+from tests.peers.network import Simulator, source_box_config  # noqa: E402
 from tests.source.test_source_flows import variant  # noqa: E402
 
 
