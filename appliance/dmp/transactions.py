@@ -190,6 +190,7 @@ class DocumentEntry:
     size: int | None = None
     hash: str = ""
     title: str = ""
+    author_institutions: tuple[str, ...] = ()   # XON values of the author classifications
     slots: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
 
     @property
@@ -233,6 +234,14 @@ def _external(el: etree._Element, scheme: str) -> str:
     return ""
 
 
+def _author_institutions(el: etree._Element) -> tuple[str, ...]:
+    out: list[str] = []
+    for c in el.findall(f"{{{RIM}}}Classification"):
+        if c.get("classificationScheme") == C.DE_AUTHOR:
+            out.extend(_slots(c).get("authorInstitution", ()))
+    return tuple(out)
+
+
 def document_entry(eo: etree._Element) -> DocumentEntry:
     slots = _slots(eo)
 
@@ -258,7 +267,8 @@ def document_entry(eo: etree._Element) -> DocumentEntry:
         reference_ids=slots.get(C.REFERENCE_ID_LIST, ()), creation_time=one("creationTime"),
         service_start=one("serviceStartTime"), service_stop=one("serviceStopTime"),
         size=int(size) if size.isdigit() else None, hash=one("hash"),
-        title="" if title is None else title.get("value", ""), slots=slots)
+        title="" if title is None else title.get("value", ""),
+        author_institutions=_author_institutions(eo), slots=slots)
 
 
 def query_response(msg: SoapMessage) -> tuple[list[DocumentEntry], list[str]]:
