@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from pydicom.uid import UID
+from appliance.dicom.uids import is_valid_uid
 
 __all__ = ["DEFAULT_PREFIXES", "RetrieveTarget", "RetrieveUrlError", "UrlPolicy",
            "check_retrieve_url"]
@@ -116,7 +116,7 @@ def check_retrieve_url(url: str, policy: UrlPolicy | None = None) -> RetrieveTar
             break
         study, series = segments[1], segments[3]
         for what, uid in (("study", study), ("series", series)):
-            if not UID(uid).is_valid:
+            if not is_valid_uid(uid):
                 raise RetrieveUrlError(f"RetrieveURL {what} UID is not a valid DICOM UID")
         return RetrieveTarget(url=url, host=host, port=port or 443, prefix=prefix,
                               study_uid=study, series_uid=series)
