@@ -189,6 +189,15 @@ class DmpConfig:
 
 
 @dataclass(frozen=True)
+class SourceConfig:
+    """Added section: the source role's publication rules."""
+
+    image_wait: float = field(default=24 * 3600.0, metadata=_check(_positive))  # seconds
+    image_retry_max: float = field(default=900.0, metadata=_check(_positive))
+    check_accession: bool = False  # also compare OBR-18 with the CDA accession (ANS samples differ)
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """Added section: the instance store on disk."""
 
@@ -207,6 +216,7 @@ class Config:
     hsm: HsmConfig
     dmp: DmpConfig
     store: StoreConfig = StoreConfig()
+    source: SourceConfig = SourceConfig()
     path: Path | None = None
 
     @property
@@ -232,8 +242,9 @@ _SECTIONS: dict[str, type] = {
     "hsm": HsmConfig,
     "dmp": DmpConfig,
     "store": StoreConfig,
+    "source": SourceConfig,
 }
-_OPTIONAL_SECTIONS = {"store"}
+_OPTIONAL_SECTIONS = {"store", "source"}
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
                Path: "a file path (string)"}

@@ -25,6 +25,7 @@ from appliance.generate import synthetic_study
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from tests.conftest import dicom_only  # noqa: E402
 from tests.peers.orthanc import Orthanc, available  # noqa: E402  (the real PACS peer)
 
 
@@ -60,7 +61,7 @@ def http_json(url: str, method: str = "GET", body: dict | None = None,
 
 def box_config(data_dir: Path, name: str, ae: str, pacs: Orthanc) -> tuple[str, dict[str, int]]:
     ports = {"dicom": free_port(), "http": free_port(), "hl7": free_port()}
-    text = (config_mod.example(str(data_dir))
+    text = (dicom_only(config_mod.example(str(data_dir)))
             .replace('name = "drimbox-1"', f'name = "{name}"')
             .replace('ae_title = "DRIMBOX"', f'ae_title = "{ae}"')
             .replace("port = 11112", f"port = {ports['dicom']}")

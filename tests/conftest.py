@@ -32,6 +32,14 @@ def conformance_dir() -> Path:
     return p
 
 
+def dicom_only(config_text: str) -> str:
+    """A box configuration without the roles that need a token and the DMP (foundation tests)."""
+    return (config_text.replace("source = true", "source = false")
+            .replace("consumer = true", "consumer = false")
+            .replace("[hsm]\n", "[hsm]\nenabled = false\n")
+            .replace("[dmp]\n", "[dmp]\nenabled = false\n"))
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (tests run in parallel with other services)."""
     with socket.socket() as s:

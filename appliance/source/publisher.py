@@ -97,6 +97,8 @@ class Publisher:
     async def report(self, job: Job) -> Step:
         p = job.payload
         if job.state == "received":
+            if p.get("flags", {}).get("DESTDMP") is False and p["action"] != "withdraw":
+                return Step("done", "the report is not destined to the DMP (DESTDMP=N)")
             if self._newer_report_exists(job):
                 return Step("superseded", "a newer report for this study arrived")
             if p["action"] == "withdraw":
@@ -195,6 +197,10 @@ class Publisher:
     # -- resolved: build the KOS ----------------------------------------------------------------
     def _build(self, job: Job) -> Step:
         p = job.payload
+        pending = self.db.query_one("SELECT kos_sop_uid FROM publications WHERE job_id=? AND "
+                                    "state='pending' ORDER BY version DESC LIMIT 1", (job.id,))
+        if pending is not None:  # built before a crash, not yet marked: send that one
+            return Step("built", "", payload={**p, "kos_uid": pending["kos_sop_uid"]})
         cda = self._cda(p)
         previous = self._current_publication(job.study_uid)
         prev_manifest = kosmod.parse_kos(previous["kos"]) if previous else None
@@ -246,8 +252,16 @@ class Publisher:
         submission = self._submission(p, pub["kos"], pub["kos_sop_uid"])
         try:
             if pub["replaces"]:
-                old = await self._entry_uuid(pub["replaces"], submission)
+                # Look the old version up as the structure that published it: a box may only
+                # read back, in INDIRECTE mode, what its structure published.
+                prev = self.db.query_one("SELECT * FROM publications WHERE kos_sop_uid=?",
+                                         (pub["replaces"],))
+                prev_submission = self._submission(self._job_payload(prev["job_id"]),
+                                                   prev["kos"], prev["kos_sop_uid"])
+                old = await self._entry_uuid(pub["replaces"], prev_submission)
                 if old is None:
+                    log.warning("previous KOS version not found in the DMP; publishing anew",
+                                extra={"job": job.id})
                     await self.dmp.publish(submission)
                 else:
                     await self.dmp.replace(old, submission)

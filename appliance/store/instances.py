@@ -115,6 +115,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _DbProxy:
+    """Forwards to ``store.db`` at call time."""
+
+    def __init__(self, store: "Store") -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store.db, name)
+
+
 class Store:
     """Thread-safe: pynetdicom handler threads ingest while the event loop reads."""
 
@@ -153,6 +163,11 @@ class Store:
         if self._db is None:
             raise RuntimeError("store is not open")
         return self._db
+
+    @property
+    def db_lazy(self) -> Database:
+        """The database for components wired before the store opens (it opens at start)."""
+        return _DbProxy(self)  # type: ignore[return-value]
 
     @property
     def used_bytes(self) -> int:
