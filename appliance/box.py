@@ -49,7 +49,7 @@ def build(config: Config) -> Daemon:
                              "signs and publishes with the structure's token keys")
         dmp = DmpLink(config, keys)
         publisher = Publisher(config, store.db_lazy, pacs, dmp,
-                              image_retry_max=config.source.image_retry_max)
+                              image_retry_max=config.source.image_retry_max, store=store)
         outbox = Outbox(store.db_lazy, {"report": publisher.report, "iocm": publisher.iocm})
         intake = ReportIntake(store.db_lazy, config.source.image_wait, outbox.wake)
         hl7 = MllpServer(config.hl7.bind, config.hl7.port, intake.handle,

@@ -31,12 +31,12 @@ from .metadata import (
 )
 from .signer import Signer, TokenSigner
 from .transactions import AccessStatus, DocumentEntry
-from .vihf import Actor, AuthMode, Software
+from .vihf import Actor, AuthMode, Software, consumer_actor
 
 __all__ = [
     "MEDECIN", "AccessStatus", "Actor", "AuthMode", "Code", "DmpClient", "DmpError",
     "DmpPermanentError", "DmpResponseError", "DmpRetryableError", "DocumentEntry", "KosSubmission",
     "Organization", "PatientId", "PatientInfo", "Person", "PublishResult", "QueryResult",
     "ReferenceId", "ReferenceType", "RegistryError", "Signer", "Software", "SubmissionError",
-    "TokenSigner", "publication_actor",
+    "TokenSigner", "consumer_actor", "publication_actor",
 ]

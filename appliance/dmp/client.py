@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, Self, TypeVar, cast
 
 import aiohttp
 from lxml import etree
@@ -107,7 +107,7 @@ class DmpClient:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dmp-sign")
         self.signing_seconds = 0.0   # time spent building and signing messages (benchmark)
 
-    async def __aenter__(self) -> DmpClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

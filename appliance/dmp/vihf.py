@@ -10,12 +10,20 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from cryptography import x509
 from lxml import etree
 
 from . import xmldsig
-from .codes import FACILITY_TYPE_SYSTEM, NS, PROFESSION_SYSTEM, PURPOSE_NORMAL, Code
+from .codes import (
+    FACILITY_TYPE_SYSTEM,
+    NS,
+    PROFESSION_SYSTEM,
+    PURPOSE_NORMAL,
+    SPECIALTY_SYSTEM,
+    Code,
+)
 from .signer import Signer
 
 SAML = NS["saml2"]
@@ -125,3 +133,39 @@ def build(actor: Actor, patient_id: str, software: Software, signer: Signer,
                           transforms=(xmldsig.ENVELOPED, xmldsig.EXC_C14N))
     xmldsig.sign_and_finish(sig, si, signer, "exclusive")
     return a
+
+
+def consumer_actor(userinfo: dict[str, Any], structure_id: str | None = None) -> Actor:
+    """The VIHF actor of a consumer read, from Pro Santé Connect ``/userinfo`` (PROTOCOLS.md §4.2):
+    ``SubjectNameID``, and from ``SubjectRefPro.exercices[0]`` the profession, the specialty
+    (savoir-faire), the name and the activity whose ``ancienIdentifiantDeLaStructure`` is
+    ``structure_id`` (the contextual call's ``Situation``; the only activity when omitted)."""
+    try:
+        exercice = userinfo["SubjectRefPro"]["exercices"][0]
+        activities = list(exercice.get("activities") or [])
+        name_id = str(userinfo["SubjectNameID"]).strip()
+        profession = str(exercice["codeProfession"]).strip()
+    except (KeyError, IndexError, TypeError):
+        raise ValueError("PSC userinfo lacks SubjectNameID or SubjectRefPro.exercices[0]"
+                         ".codeProfession") from None
+    if structure_id is None:
+        if len(activities) != 1:
+            raise ValueError("the professional works in several structures: the work situation "
+                             "must be chosen")
+        activity = activities[0]
+    else:
+        found = [a for a in activities if a.get("ancienIdentifiantDeLaStructure") == structure_id]
+        if not found:
+            raise ValueError("the chosen work situation is not one of the professional's")
+        activity = found[0]
+    sector = str(activity.get("codeSecteurDactivite") or "").strip()
+    structure = str(activity.get("ancienIdentifiantDeLaStructure") or "").strip()
+    if not sector or not structure:
+        raise ValueError("the work situation lacks its sector or structure identifier")
+    savoir_faire = str(exercice.get("codeSavoirFaire") or "").strip()
+    name = " ".join(str(exercice.get(k) or "").strip()
+                    for k in ("prenomDexercice", "nomDexercice")).strip()
+    return Actor(identifier=name_id, name=name or name_id,
+                 profession=Code(profession, PROFESSION_SYSTEM),
+                 specialty=Code(savoir_faire, SPECIALTY_SYSTEM) if savoir_faire else None,
+                 structure_id=structure, sector=sector, mode=AuthMode.INDIRECTE_RENFORCEE)

@@ -46,11 +46,15 @@ def sim_certs(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Simulat
     return simulator_certs(pki, tmp_path_factory.mktemp("dmp-sim"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def token(pki: TestPki) -> Any:
-    # Not closed at teardown: closing the last python-pkcs11 session logs the whole process out
-    # of the token, under the feet of pkcs11-provider's TLS keys (PKCS#11 login is per process).
-    return pki.token(0)
+    t = pki.token(0)
+    yield t
+    # The TLS contexts go first: closing the last python-pkcs11 session logs the whole process
+    # out of the token (PKCS#11 login is per process), under the feet of their provider keys.
+    # Then the session closes, so that other areas may load another PKCS#11 module.
+    _free_tls_contexts()
+    t.close()
 
 
 @pytest.fixture
@@ -124,6 +128,10 @@ def _release_tls_contexts() -> Any:
     """Free the box's TLS contexts once the DMP tests are done: while one lives, pkcs11-provider
     keeps a session object for the auth key, which other areas' key searches would also find."""
     yield
+    _free_tls_contexts()
+
+
+def _free_tls_contexts() -> None:
     import gc
 
     from tests.dmp import pki as dmp_pki

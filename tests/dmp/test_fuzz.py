@@ -136,3 +136,20 @@ def test_xades_check_on_random_bytes(data):
         checks.check_xades(data, "2.25.1", {"2.25.2": b"x"}, "2.25.3", [], 10_000)
     except (checks.Refusal, checks.SecurityFault):
         pass
+
+
+@FUZZ
+@given(ct=content_types, parts=st.lists(st.tuples(
+    st.sampled_from(["0.1", "0.2", ""]), st.sampled_from(["application/xop+xml", "text/plain"]),
+    st.binary(max_size=300)), max_size=3), close=st.booleans(), raw=st.binary(max_size=500))
+def test_simulator_request_decoder(sim_certs, ct, parts, close, raw):
+    from tests.peers.dmp import DmpSimulator
+    sim = DmpSimulator(cert=sim_certs.cert, key=sim_certs.key, client_ca=sim_certs.client_ca,
+                       limit=100_000)
+    for body in (_multipart(parts, close), raw):
+        for header in (ct, 'multipart/related; boundary="b"; start="<0.1>"; '
+                           'type="application/xop+xml"; start-info="application/soap+xml"'):
+            try:
+                sim._decode(header, body)
+            except checks.Refusal:
+                pass

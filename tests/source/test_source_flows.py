@@ -137,6 +137,16 @@ def test_iocm_rejection_note_replaces_then_deletes_the_kos(box, conformance_dir,
     assert asyncio.run(send(box, msg))[0] == "AA"
     assert final(box, last_job(box)["id"])["state"] == "published"
     datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    # The box also holds the images (fetched for a peer earlier): a rejection purges them.
+    token = (box.data_dir / "admin-token").read_text().strip()
+    import json as _json
+    import urllib.request as _rq
+    req = _rq.Request(f"http://127.0.0.1:{box.http}/api/admin/pacs/retrieve", method="POST",
+                      data=_json.dumps({"study_uid": uid}).encode(),
+                      headers={"Authorization": f"Bearer {token}",
+                               "Content-Type": "application/json"})
+    with _rq.urlopen(req, timeout=60) as r:
+        assert _json.loads(r.read())["received"] == len(files)
 
     def reject(dss: list) -> None:
         note = kosmod.build_rejection_note(kosmod.RejectionRequest(
@@ -159,6 +169,9 @@ def test_iocm_rejection_note_replaces_then_deletes_the_kos(box, conformance_dir,
     manifest = kosmod.parse_kos(dmp_simulator.document(current["unique_id"]))
     assert manifest.sop_instance_uids == {d.SOPInstanceUID for d in datasets
                                           if d.SeriesNumber == 2}
+    stored = {p.stem for p in (box.data_dir / "instances" / uid).rglob("*.dcm")}
+    assert not stored & {d.SOPInstanceUID for d in rejected}  # purged from the cache
+    assert {d.SOPInstanceUID for d in datasets if d.SeriesNumber == 2} <= stored
     # Reject the rest: nothing left to share, the KOS is deleted from the DMP.
     reject([d for d in datasets if d.SeriesNumber == 2])
     box.wait_jobs(lambda js: sum(1 for j in js if j["kind"] == "iocm"
@@ -210,3 +223,34 @@ def test_burst_with_sigkill_publishes_each_acked_report_exactly_once(
     for i in acked:
         mine = by_study(entries, uids[i])
         assert len(mine) == 1, (i, mine)  # exactly once: no duplicate, none lost
+
+
+def test_correction_and_accession_fallback_with_the_simulated_ris(box, pacs, dmp_simulator,
+                                                                  tmp_path) -> None:
+    """OBX-11 C publishes a new KOS version (RPLC); OBX-11 D deletes it. A report whose study UID
+    the PACS does not know, but whose accession names one study of the same patient, resolves to
+    that study."""
+    from tests.peers.ris import Exam, Patient, Professional, oru
+
+    patient, doctor = Patient(nir13="2850575123456", ipp="IPP-RIS-7"), Professional()
+    dmp_simulator.add_patient(f"{patient.ins}^^^&{patient.ins_oid}&ISO^NH")
+    files = synthetic_study("MR", 3, out_dir=tmp_path / "mr", accession="ACNRIS7",
+                            patient_id=patient.ipp)
+    pacs.upload(files)
+    pacs_uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    exam = Exam(pydicom.uid.generate_uid(), "ACNRIS7")  # the RIS has another study UID
+    for status, expect in (("F", "published"), ("C", "published"), ("D", "withdrawn")):
+        code, _ = asyncio.run(send(box, oru(patient, doctor, exam, status=status)))
+        assert code == "AA"
+        assert final(box, last_job(box)["id"])["state"] == expect, box.jobs()[:3]
+        entries = by_study(dmp_simulator.kos_entries(f"{patient.ins}^^^&{patient.ins_oid}&ISO^NH"),
+                           "ACNRIS7")
+        states = sorted(e["status"].rsplit(":", 1)[-1] for e in entries)
+        if status == "F":
+            assert states == ["Approved"]
+            kos = kosmod.parse_kos(dmp_simulator.document(entries[0]["unique_id"]))
+            assert kos.study_uid == pacs_uid  # the PACS study, found by accession
+        elif status == "C":
+            assert states == ["Approved", "Deprecated"]
+        else:
+            assert "Approved" not in states

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Self
 
 import xmlsec
 from cryptography import x509
@@ -125,7 +126,7 @@ class _Resolver:
     def __init__(self, docs: dict[str, bytes]) -> None:
         self.docs = docs
 
-    def __enter__(self) -> _Resolver:
+    def __enter__(self) -> Self:
         xmlsec.cleanup_callbacks()
         xmlsec.register_callbacks(lambda name: True, self._open,
                                   lambda f, buf: f.readinto(buf), lambda f: None)
