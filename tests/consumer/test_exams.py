@@ -136,11 +136,16 @@ async def test_unknown_opposition_asks_for_consent_then_lists(client, consumer, 
 
 
 async def test_registry_outage_is_retryable_and_passes(client, consumer, pki, simulator,
-                                                       three_exams):
+                                                       three_exams, tmp_path):
+    db = Database(tmp_path / "state.db")
     await inject_fault(pki, simulator, {"kind": "status", "status": 503, "service": "registry"})
-    with pytest.raises(DmpRetryableError):
-        await list_exams(client, PATIENT, consumer)
-    assert len((await list_exams(client, PATIENT, consumer)).exams) == 2
+    with pytest.raises(DmpRetryableError) as e:
+        await list_exams(client, PATIENT, consumer, db=db)
+    assert "HTTP 503" in str(e.value)
+    assert len((await list_exams(client, PATIENT, consumer, db=db)).exams) == 2
+    rows = db.query("SELECT outcome, detail FROM audit_events ORDER BY id")
+    assert [r["outcome"] for r in rows] == ["error", "ok"]
+    assert "DmpRetryableError" in rows[0]["detail"]
 
 
 async def test_access_check_refused_by_the_dmp_is_permanent(client, consumer, pki, simulator):
