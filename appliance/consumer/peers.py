@@ -22,8 +22,9 @@ from appliance.dicom.uids import is_valid_uid
 __all__ = ["DEFAULT_PREFIXES", "RetrieveTarget", "RetrieveUrlError", "UrlPolicy",
            "check_retrieve_url"]
 
-# "/dicom-web" is this box's own layout (appliance.dicom.kos); "/api/source" is the ANS demo's.
-DEFAULT_PREFIXES = ("/dicom-web", "/api/source")
+# "/dicom-web": this box's own layout (appliance.dicom.kos); "/api/source": the ANS demonstrator;
+# "/dicom-web-rs": the ANS referencing platform (DRIM-M_DATA WADO-RS validator samples).
+DEFAULT_PREFIXES = ("/dicom-web", "/api/source", "/dicom-web-rs")
 MAX_URL_LENGTH = 2048
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _NUMERIC = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)")

@@ -77,10 +77,13 @@ def test_whitelist_hook_and_prefixes():
     assert check_retrieve_url(GOOD, policy).host in listed
     with pytest.raises(RetrieveUrlError, match="whitelist"):
         check_retrieve_url(GOOD.replace("db1.", "db9."), policy)
-    ans = GOOD.replace("/dicom-web/", "/dicom-web-rs/")
-    with pytest.raises(RetrieveUrlError):
-        check_retrieve_url(ans)
-    assert check_retrieve_url(ans, UrlPolicy(prefixes=("/dicom-web-rs",))).prefix == "/dicom-web-rs"
+    demo = GOOD.replace("/dicom-web/", "/api/source/")
+    assert check_retrieve_url(demo).prefix == "/api/source"
+    with pytest.raises(RetrieveUrlError, match="path"):
+        check_retrieve_url(demo, UrlPolicy(prefixes=("/dicom-web",)))
+    proxied = GOOD.replace("/dicom-web/", "/drimbox/dicom-web/")
+    assert check_retrieve_url(proxied, UrlPolicy(prefixes=("/drimbox/dicom-web",))).prefix == \
+        "/drimbox/dicom-web"
 
 
 def test_error_messages_do_not_repeat_the_url():
