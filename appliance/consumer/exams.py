@@ -253,8 +253,9 @@ def _wanted(exam: Exam, modality: str | None, region: str | None, accession: str
     if accession is not None and exam.accession != accession:
         return False
     if dates is not None:
+        # A StudyDate is a local date (the RIS's): compare in the box's time zone, not in UTC.
         when = exam.service_start or exam.created
-        if when is None or not dates[0] <= when.date() <= dates[1]:
+        if when is None or not dates[0] <= when.astimezone().date() <= dates[1]:
             return False
     return True
 

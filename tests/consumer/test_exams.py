@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace as dc_replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from lxml import etree
@@ -73,6 +73,7 @@ async def test_the_publishing_structure_sees_its_masked_exam_flagged(client, aut
 
 
 async def test_filters(client, consumer, three_exams, simulator):
+    _, mr, _ = three_exams
     async def accessions(**filters):
         return [x.accession for x in (await list_exams(client, PATIENT, consumer, **filters)).exams]
 
@@ -88,7 +89,7 @@ async def test_filters(client, consumer, three_exams, simulator):
     assert simulator.stats["iti18"] == queries + 1
     other_issuer = ReferenceId("ACC-CT-1", "1.2.250.1.999.9", ReferenceType.ACCESSION)
     assert await accessions(accession=other_issuer) == []
-    day = (datetime.now(UTC) - timedelta(days=2)).date()
+    day = mr.submission.service_start.astimezone().date()     # a local date, as the RIS sends
     assert await accessions(study_date=day.strftime("%Y%m%d")) == ["ACC-MR-2"]
     span = f"{(day - timedelta(days=1)):%Y%m%d}-{day:%Y%m%d}"
     assert await accessions(study_date=span) == ["ACC-MR-2", "ACC-CT-1"]
