@@ -315,6 +315,9 @@ async def _with_kos(exam: Exam, dmp: DmpClient, patient: PatientId, actor: Actor
 
 def _pair(exams: list[Exam], keys: dict[str, str | None], reports: Iterable[DocumentEntry]
           ) -> tuple[list[Exam], tuple[ReportEntry, ...]]:
+    """Reports attached to the listed exams by accession (``keys``: every KOS entry found ->
+    its accession). A report of a KOS the filters left out is left out too; a report matching
+    no KOS at all is returned apart."""
     by_key: dict[str, list[ReportEntry]] = {}
     unpaired: list[ReportEntry] = []
     exam_keys = set(keys.values())
@@ -345,20 +348,8 @@ async def _audit(db: Database | None, actor: Actor, patient: PatientId, outcome:
 
 # ----- the listing -----
 
-async def list_exams(dmp: DmpClient, patient: PatientId, actor: Actor, *,
-                     modality: str | None = None, region: str | None = None,
-                     accession: str | ReferenceId | None = None,
-                     study_date: str | date | tuple[date, date] | None = None,
-                     patient_informed: bool = False, url_policy: UrlPolicy | None = None,
-                     db: Database | None = None) -> ExamList:
-    """The imaging exams in ``patient``'s DMP that ``actor`` may see, newest first.
-
-    ``accession``: a :class:`ReferenceId` (value and issuer) is sent as FindDocumentsByReferenceId;
-    a bare accession number is matched on the entries found. ``patient_informed``: the patient
-    was informed and did not oppose (needed when the DMP does not know the opposition status).
-    Raises :class:`AccessRefused`, ``DmpRetryableError``, ``DmpPermanentError``, ``ValueError``
-    (bad filter or an actor not authenticated by Pro Santé Connect).
-    """
+def _check_request(actor: Actor, modality: str | None, region: str | None,
+                   accession: str | ReferenceId | None) -> None:
     if actor.mode is not AuthMode.INDIRECTE_RENFORCEE:
         raise ValueError("a consumer listing needs a professional authenticated by Pro Santé "
                          "Connect (Authentification_Mode INDIRECTE_RENFORCEE)")
@@ -370,11 +361,12 @@ async def list_exams(dmp: DmpClient, patient: PatientId, actor: Actor, *,
         raise ValueError("accession must be a ReferenceId of type ACCESSION")
     if isinstance(accession, str) and not accession.strip():
         raise ValueError("accession must not be empty")
-    dates = _date_range(study_date)
-    filters = " ".join(f"{k}" for k, v in (("modality", modality), ("region", region),
-                                           ("accession", accession), ("date", study_date))
-                       if v is not None)
 
+
+async def _may_list(dmp: DmpClient, patient: PatientId, actor: Actor, patient_informed: bool,
+                    db: Database | None) -> bool:
+    """TD0.2: True to go on, False when the patient must be informed first; raises
+    :class:`AccessRefused` (audited) when the DMP refuses."""
     try:
         access = await dmp.check_access(patient, actor)
     except DmpError as e:
@@ -394,6 +386,29 @@ async def list_exams(dmp: DmpClient, patient: PatientId, actor: Actor, *,
         raise refusal
     if access.opposition != "no" and not patient_informed:
         await _audit(db, actor, patient, "consent-required", "opposition unknown")
+        return False
+    return True
+
+async def list_exams(dmp: DmpClient, patient: PatientId, actor: Actor, *,
+                     modality: str | None = None, region: str | None = None,
+                     accession: str | ReferenceId | None = None,
+                     study_date: str | date | tuple[date, date] | None = None,
+                     patient_informed: bool = False, url_policy: UrlPolicy | None = None,
+                     db: Database | None = None) -> ExamList:
+    """The imaging exams in ``patient``'s DMP that ``actor`` may see, newest first.
+
+    ``accession``: a :class:`ReferenceId` (value and issuer) is sent as FindDocumentsByReferenceId;
+    a bare accession number is matched on the entries found. ``patient_informed``: the patient
+    was informed and did not oppose (needed when the DMP does not know the opposition status).
+    Raises :class:`AccessRefused`, ``DmpRetryableError``, ``DmpPermanentError``, ``ValueError``
+    (bad filter or an actor not authenticated by Pro Santé Connect).
+    """
+    _check_request(actor, modality, region, accession)
+    dates = _date_range(study_date)
+    filters = " ".join(name for name, value in (("modality", modality), ("region", region),
+                                                ("accession", accession), ("date", study_date))
+                       if value is not None)
+    if not await _may_list(dmp, patient, actor, patient_informed, db):
         return ExamList(ListingStatus.CONSENT_REQUIRED)
 
     try:
