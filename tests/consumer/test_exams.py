@@ -269,6 +269,11 @@ async def test_reports_are_paired_with_their_exam_by_accession(client, consumer,
     only_ct = await list_exams(client, PATIENT, consumer, accession="ACC-CT-1")
     assert [x.accession for x in only_ct.exams] == ["ACC-CT-1"]
     assert only_ct.unpaired_reports == ()
+    # An exam left out by a filter takes its report with it.
+    mr_day = f"{mr.submission.service_start.astimezone():%Y%m%d}"
+    only_mr = await list_exams(client, PATIENT, consumer, study_date=mr_day)
+    assert [x.accession for x in only_mr.exams] == ["ACC-MR-2"]
+    assert len(only_mr.exams[0].reports) == 1 and only_mr.unpaired_reports == ()
 
 
 async def test_report_without_a_visible_exam_is_listed_apart(client, consumer, simulator,
