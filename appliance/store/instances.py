@@ -70,6 +70,18 @@ def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
         return None
 
 
+_TEXT_FIELDS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate",
+                "StudyTime", "AccessionNumber", "StudyID", "StudyDescription",
+                "ReferringPhysicianName", "Modality", "SeriesDescription", "BodyPartExamined")
+_INT_FIELDS = ("SeriesNumber", "InstanceNumber", "Rows", "Columns", "NumberOfFrames")
+
+
+def _index_fields(ds: pydicom.Dataset) -> dict[str, object]:
+    out: dict[str, object] = {k: _text(ds, k) for k in _TEXT_FIELDS}
+    out.update({k: _int(ds, k) for k in _INT_FIELDS})
+    return out
+
+
 def _check_complete(ds: pydicom.Dataset, transfer_syntax: str) -> None:
     """Refuse a file cut short: pydicom reads a truncated file without complaint."""
     if "PixelData" not in ds:
@@ -254,10 +266,21 @@ class Store:
             self._release(size)
 
     def _parse(self, fp: io.BufferedIOBase | io.BytesIO) -> pydicom.Dataset:
+        """Read and fully validate one instance; every problem is an :class:`InvalidInstance`."""
+        try:
+            return self._parse_checked(fp)
+        except InvalidInstance:
+            raise
+        except Exception as e:  # input boundary: lazily decoded elements fail in many ways
+            raise InvalidInstance(f"undecodable element: {type(e).__name__}: "
+                                  f"{str(e)[:120]}") from None
+
+    def _parse_checked(self, fp: io.BufferedIOBase | io.BytesIO) -> pydicom.Dataset:
         try:
             ds = pydicom.dcmread(fp, force=False)
-        except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, IndexError) as e:
-            raise InvalidInstance(f"not a DICOM Part 10 file: {e}") from None
+        except Exception as e:  # input boundary: pydicom raises many types on damaged data
+            raise InvalidInstance(f"not a DICOM Part 10 file: {type(e).__name__}: "
+                                  f"{str(e)[:120]}") from None
         meta = getattr(ds, "file_meta", None)
         ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
         if not ts:
@@ -269,6 +292,17 @@ class Store:
             if not valid_uid(v):
                 raise InvalidInstance(f"{kw} is not a valid UID")
         _check_complete(ds, ts)
+        try:
+            # pydicom decodes values lazily: decode everything the index and the metadata need
+            # now, so a damaged element is refused before a byte is written.
+            ds._drimbox_meta_json = instance_json(ds, ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                                  ds.SOPInstanceUID)
+            ds._drimbox_fields = _index_fields(ds)
+        except InvalidInstance:
+            raise
+        except Exception as e:
+            raise InvalidInstance(f"undecodable element: {type(e).__name__}: "
+                                  f"{str(e)[:120]}") from None
         msop = str(getattr(meta, "MediaStorageSOPInstanceUID", "") or "")
         if msop and msop != ds.SOPInstanceUID:
             raise InvalidInstance("MediaStorageSOPInstanceUID differs from SOPInstanceUID")
@@ -298,7 +332,8 @@ class Store:
 
     def _index(self, ds: pydicom.Dataset, final: Path, size: int) -> StoredInstance:
         study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
-        meta_json = instance_json(ds, study, series, sop)
+        meta_json = ds._drimbox_meta_json
+        f = ds._drimbox_fields
         rel = final.relative_to(self.root)
         now = time.time()
         with self.db.transaction() as c:
@@ -316,25 +351,24 @@ class Store:
                        accession_number=excluded.accession_number, study_id=excluded.study_id,
                        study_description=excluded.study_description,
                        referring_physician=excluded.referring_physician""",
-                (study, _text(ds, "PatientID"), _text(ds, "PatientName"),
-                 _text(ds, "PatientBirthDate"), _text(ds, "PatientSex"), _text(ds, "StudyDate"),
-                 _text(ds, "StudyTime"), _text(ds, "AccessionNumber"), _text(ds, "StudyID"),
-                 _text(ds, "StudyDescription"), _text(ds, "ReferringPhysicianName"), now))
+                (study, f["PatientID"], f["PatientName"], f["PatientBirthDate"],
+                 f["PatientSex"], f["StudyDate"], f["StudyTime"], f["AccessionNumber"],
+                 f["StudyID"], f["StudyDescription"], f["ReferringPhysicianName"], now))
             c.execute(
                 """INSERT INTO series(series_uid, study_uid, modality, series_number,
                        series_description, body_part, version)
                    VALUES (?,?,?,?,?,?,1)
                    ON CONFLICT(series_uid) DO UPDATE SET version = version + 1""",
-                (series, study, _text(ds, "Modality"), _int(ds, "SeriesNumber"),
-                 _text(ds, "SeriesDescription"), _text(ds, "BodyPartExamined")))
+                (series, study, f["Modality"], f["SeriesNumber"], f["SeriesDescription"],
+                 f["BodyPartExamined"]))
             c.execute(
                 """INSERT OR REPLACE INTO instances(sop_uid, series_uid, study_uid, sop_class_uid,
                        instance_number, transfer_syntax, rows, columns, frames, size, rel_path,
                        metadata_json, received_at, last_access)
                    VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
-                (sop, series, study, ds.SOPClassUID, _int(ds, "InstanceNumber"),
-                 str(ds.file_meta.TransferSyntaxUID), _int(ds, "Rows"), _int(ds, "Columns"),
-                 _int(ds, "NumberOfFrames") or 1, size, str(rel), meta_json, now, now))
+                (sop, series, study, ds.SOPClassUID, f["InstanceNumber"],
+                 str(ds.file_meta.TransferSyntaxUID), f["Rows"], f["Columns"],
+                 f["NumberOfFrames"] or 1, size, str(rel), meta_json, now, now))
         with self._lock:
             self._used += size - (int(old["size"]) if old else 0)
         stored = StoredInstance(study, series, sop, str(ds.SOPClassUID),
