@@ -11,8 +11,15 @@ Public API:
 """
 
 from .component import KeysComponent
-from .errors import (CertificateRefused, KeyNotFound, KeysError, ModuleError, PinError,
-                     PinFileError, TokenAbsent)
+from .errors import (
+                     CertificateRefused,
+                     KeyNotFound,
+                     KeysError,
+                     ModuleError,
+                     PinError,
+                     PinFileError,
+                     TokenAbsent,
+)
 from .token import ALGORITHMS, Token
 
 __all__ = ["ALGORITHMS", "CertificateRefused", "KeyNotFound", "KeysComponent", "KeysError",

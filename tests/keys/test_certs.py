@@ -71,7 +71,7 @@ def test_leaf_cannot_act_as_ca(pki: TestPki) -> None:
 def test_expiry_levels(pki: TestPki) -> None:
     key = rsa.generate_private_key(65537, 2048).public_key()
     subj = x509.Name.from_rfc4514_string("CN=X,OU=1,C=FR")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     levels = {}
     for days in (200, 20, 5, -1):
         c = pki.issue(key, subj, "tls-client", not_before=now - dt.timedelta(days=10),

@@ -43,7 +43,7 @@ def drimbox(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 def _issue(csr: x509.CertificateSigningRequest, days: int = 365) -> tuple[bytes, bytes]:
     ca_key = rsa.generate_private_key(65537, 2048)
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "TEST AC IGC-SANTE")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
           .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now)
           .not_valid_after(now + dt.timedelta(days=3650))

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.keys import KeysComponent, Token, events
-from appliance.keys import softhsm
+from appliance.keys import KeysComponent, Token, softhsm
 
 OPENSC = next((p for p in ("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so",
                            "/usr/lib/aarch64-linux-gnu/opensc-pkcs11.so",

@@ -102,8 +102,8 @@ async def test_server_key_on_token_plain_tls(tls_pki: TestPki) -> None:
 def file_server(tls_pki: TestPki, tmp_path: Path, port_factory) -> Iterator[tuple[int, Path]]:
     """``openssl s_server`` with a software key, requiring a client cert from the ORG CA."""
     pki = tls_pki
-    from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import NameOID
 
     key = rsa.generate_private_key(65537, 2048)
@@ -241,7 +241,7 @@ def test_expired_or_wrong_usage_or_foreign_certificate_is_refused(tls_pki: TestP
     with pki.token() as tok:
         pub = tok.public_key("auth")
         subject = tok.certificate("auth").subject
-    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=400)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)
     expired = pki.issue(pub, subject, "tls-client", not_before=past,
                         not_after=past + dt.timedelta(days=365))
     (tmp_path / "expired.pem").write_bytes(expired.public_bytes(serialization.Encoding.PEM))
@@ -262,7 +262,7 @@ def test_expired_or_wrong_usage_or_foreign_certificate_is_refused(tls_pki: TestP
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     rogue = rsa.generate_private_key(65537, 2048)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     foreign = (x509.CertificateBuilder().subject_name(subject)
                .issuer_name(x509.Name.from_rfc4514_string("CN=ROGUE CA"))
                .public_key(pub).serial_number(1).not_valid_before(now)

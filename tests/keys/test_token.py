@@ -15,9 +15,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 
-from appliance.keys import (KeyNotFound, KeysError, ModuleError, PinError, PinFileError, Token,
-                            TokenAbsent)
-from appliance.keys import softhsm
+from appliance.keys import (
+    KeyNotFound,
+    KeysError,
+    ModuleError,
+    PinError,
+    PinFileError,
+    Token,
+    TokenAbsent,
+    softhsm,
+)
 from appliance.keys.testpki import TestPki
 
 REPO = Path(__file__).resolve().parents[2]
