@@ -282,3 +282,21 @@ def test_missing_token_key_gives_a_clear_error(tls_pki: TestPki) -> None:
     # a certificate exists but the token has no key by that label
     with pytest.raises(KeyNotFound, match="no public key labelled 'ghost'"):
         tls.client_context(pki.hsm_config(0), "ghost", pki.structures[0].auth_cert, pki.bundle)
+
+
+def test_forked_child_cannot_use_the_provider(tls_pki: TestPki) -> None:
+    pki = tls_pki
+    provider.activate(str(pki.module))
+    pid = os.fork()
+    if pid == 0:  # child: must refuse, never touch the inherited PKCS#11 state
+        code = 3
+        try:
+            tls.client_context(pki.hsm_config(0), "auth", pki.structures[0].auth_cert,
+                               pki.bundle)
+        except KeysError as e:
+            code = 0 if "forked" in str(e) else 4
+        except BaseException:
+            code = 5
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
