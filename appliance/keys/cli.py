@@ -132,6 +132,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         lib = tok._lib
         print(f"library: {lib.manufacturer_id} / {lib.library_description}")
+        with tok._lock:
+            for slot in lib.get_slots(token_present=True):
+                label = slot.get_token().label
+                mark = "  <- hsm.token_label" if label == h.token_label else ""
+                print(f"slot {slot.slot_description.strip()!r}: token {label!r}{mark}")
         print(f"token: {h.token_label!r}: ready")
         worst = 0
         for o in tok.objects():

@@ -72,7 +72,10 @@ def read_pin(pin_file: Path) -> str:
     if st.st_mode & (stat.S_IRWXO | stat.S_IWGRP):
         raise PinFileError(f"PIN file {pin_file} is accessible to other users "
                            f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 0600 or 0400 it")
-    pin = raw.decode("utf-8", "strict").rstrip("\r\n")
+    try:
+        pin = raw.decode("utf-8", "strict").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise PinFileError(f"PIN file {pin_file} is not UTF-8 text") from None
     if not pin:
         raise PinFileError(f"PIN file {pin_file} is empty")
     return pin

@@ -108,6 +108,7 @@ def test_init_keygen_csr_import_status(box, tmp_path: Path) -> None:
     assert "certificate 'auth': C=FR" not in r.stdout  # shown most specific first
     assert "certificate 'auth': CN=DRIMBOX-1,OU=499700367909006" in r.stdout
     assert "never_extractable=True" in r.stdout and "(364 days, ok)" in r.stdout
+    assert "token 'drimbox'  <- hsm.token_label" in r.stdout
 
 
 def test_status_warns_about_expiry(box, tmp_path: Path) -> None:

@@ -256,3 +256,16 @@ def test_token_goes_away_and_comes_back(tmp_path: Path) -> None:
                                   "token": "vanish", "error": out["health_away"].get("error")}
     assert out["health_back"]["ready"] is True
     assert out["after"] == 256
+
+
+def test_certificate_from_the_data_directory(pki: TestPki, tmp_path: Path) -> None:
+    """Tokens that cannot hold certificates: the imported one is kept in the data directory."""
+    from cryptography.hazmat.primitives import serialization
+
+    with pki.token() as tok:
+        cert = tok.certificate("auth")
+    (tmp_path / "other.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    with Token(pki.module, pki.token_label, pki.pin_file, cert_dir=tmp_path) as tok:
+        assert tok.certificate("other") == cert
+        with pytest.raises(KeyNotFound, match=f"nor in {tmp_path}"):
+            tok.certificate("missing")
