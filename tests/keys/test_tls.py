@@ -300,3 +300,34 @@ def test_forked_child_cannot_use_the_provider(tls_pki: TestPki) -> None:
         os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+async def test_box_https_context_from_config(tls_pki: TestPki, tmp_path: Path) -> None:
+    """One HTTPS server for the LAN UI (no client certificate) and peers (ORG certificate)."""
+    from appliance.config import example, parse
+
+    pki = tls_pki
+    b = pki.structures[1]
+    text = example(str(tmp_path / "data")).replace(
+        "tls = false", f'tls = true\ncert_file = "{b.server_cert}"\nserver_key_label = "server"')
+    text = text.replace('token_label = "drimbox"', f'token_label = "{b.token_label}"').replace(
+        "/run/credentials/drimbox.service/hsm-pin", str(b.pin_file)).replace(
+        'sign_key_label = "sign"', f'sign_key_label = "sign"\ntrust_anchors = ["{pki.bundle}"]')
+    cfg = parse(text)
+    runner, port = await _serve(tls.box_server_context(cfg))
+    try:
+        lan = ssl.create_default_context(cafile=str(pki.bundle))
+        peer = tls.client_context(pki.hsm_config(0), "auth", pki.structures[0].auth_cert,
+                                  pki.bundle)
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"https://localhost:{port}/whoami", ssl=lan) as r:
+                assert (await r.json())["ou"] is None
+            async with s.get(f"https://localhost:{port}/whoami", ssl=peer) as r:
+                assert (await r.json())["ou"] == pki.structures[0].structure_id
+        key_files = list((cfg.runtime_dir / "keys" / "keys").glob("*.key.pem"))
+        assert key_files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in key_files)
+    finally:
+        await runner.cleanup()
+    no_cert = parse(text.replace(f'cert_file = "{b.server_cert}"\n', ""))
+    with pytest.raises(KeysError, match="http.cert_file"):
+        tls.box_server_context(no_cert)
