@@ -110,6 +110,10 @@ class DicomConfig:
     max_associations: int = field(default=16, metadata=_check(_positive))
     network_timeout: float = field(default=30.0, metadata=_check(_positive))
     modalities: tuple[Modality, ...] = ()
+    # Root for the UIDs the box creates (KOS): the organisation's registered root, or "" for 2.25.
+    uid_root: str = field(default="", metadata=_check(
+        lambda v: None if not v or (len(v) <= 40 and re.fullmatch(r"[1-9][0-9]*(\.(0|[1-9][0-9]*))*", v))
+        else "a UID root of at most 40 characters (digits and dots), or empty for 2.25"))
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,15 @@ full Dataset of every referenced instance (we only have C-FIND identifiers), it 
 ``RetrieveURL`` (we would patch its output), and it would add a dependency tree for ~100 lines.
 
 Parsing is hardened: any input that is not a well-formed KOS raises :class:`KosParseError` (never a
-pydicom or struct exception), and pydicom's warnings, which can quote patient data, are silenced.
+pydicom or struct exception). pydicom's warnings and log records quote element values (patient
+data): building never triggers them, parsing records the warnings and drops the log records.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +27,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydicom import config as pydicom_config
-from pydicom.dataelem import DataElement
 from pydicom.datadict import dictionary_VM, dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import dcmread
@@ -99,7 +102,7 @@ class Patient:
     family_name: str
     given_names: str = ""
     birth_date: date | None = None
-    sex: str = ""  # M, F, O, or "" when unknown (HL7 "U" maps to "")
+    sex: str = ""  # M, F, O; "" or HL7's "U" when unknown (written empty, DICOM type 2)
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,8 @@ class _Quiet(Dataset):
     """
 
     def __setattr__(self, name: str, value: Any) -> None:
-        tag = tag_for_keyword(name)
+        # DICOM keywords start with a capital; pydicom's own attributes never do (fast path).
+        tag = tag_for_keyword(name) if name[:1].isupper() else None
         if tag is None:
             super().__setattr__(name, value)
             return
@@ -259,10 +263,10 @@ def build_kos(req: KosRequest) -> BuiltKos:
     p = req.patient
     ds.PatientName = _person_name(p.family_name, p.given_names, "patient")
     ds.PatientID = p.ins
-    ds.IssuerOfPatientID = _INS_AUTHORITY.get(p.ins_oid, "ASIP-SANTE-INS-NIR")
+    ds.IssuerOfPatientID = _INS_AUTHORITY[p.ins_oid]
     ds.IssuerOfPatientIDQualifiersSequence = [_iso_issuer(p.ins_oid)]
     ds.PatientBirthDate = p.birth_date.strftime("%Y%m%d") if p.birth_date else ""
-    ds.PatientSex = p.sex
+    ds.PatientSex = "" if p.sex == "U" else p.sex
     other = _Quiet()
     other.PatientID = p.ins
     other.IssuerOfPatientID = ds.IssuerOfPatientID
@@ -320,10 +324,13 @@ def _check_request(req: KosRequest) -> None:
     p = req.patient
     if not p.ins.strip():
         raise KosBuildError("patient.ins: the INS is required")
-    if not is_valid_uid(p.ins_oid):
-        raise KosBuildError("patient.ins_oid: not an OID")
-    if p.sex not in ("M", "F", "O", ""):
-        raise KosBuildError("patient.sex: expected M, F, O or empty")
+    if p.ins_oid not in _INS_AUTHORITY:
+        # Default deny: any other OID (an IPP authority, a typo) would misidentify the patient.
+        raise KosBuildError("patient.ins_oid: not an INS OID (" + ", ".join(_INS_AUTHORITY) + ")")
+    if p.sex not in ("M", "F", "O", "U", ""):
+        raise KosBuildError("patient.sex: expected M, F, O, U or empty")
+    if req.title in REJECTION_TITLES:
+        raise KosBuildError("title: a rejection title makes a rejection note (build_rejection_note)")
     _check_study(req.study)
     _check_instances(req.instances, "instances")
     for name, oid in (("accession_issuer_oid", req.study.accession_issuer_oid),
@@ -505,7 +512,7 @@ def _text_item(concept: Code, text: str) -> Dataset:
 
 
 def _reference_items(series: list[list[Instance]]) -> list[Dataset]:
-    items = []
+    items: list[Dataset] = []
     for members in series:
         for inst in members:
             item = _Quiet()
@@ -571,12 +578,12 @@ def _finish(ds: Dataset, sop_uid: str, series_uid: str, instance_number: int) ->
         ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: a name outside Latin-1 (e.g. "Œ")
     _validate_values(ds, "")
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = KOS_SOP_CLASS_UID
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(KOS_SOP_CLASS_UID)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    ds.file_meta = meta  # type: ignore[assignment]
+    ds.file_meta = meta
     ds.preamble = b"\0" * 128
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
@@ -629,7 +636,13 @@ def _validate_values(ds: Dataset, path: str) -> None:
 
 def parse_kos(data: bytes, *, max_bytes: int = MAX_KOS_BYTES) -> KosManifest:
     """Read a manifest (Part 10 bytes) into its study, series -> RetrieveURL and SOP lists."""
-    return _guarded(lambda: _manifest(_read(data, max_bytes)))
+    def run() -> KosManifest:
+        ds, cut = _read(data, max_bytes)
+        if cut:
+            raise KosParseError(_CUT)
+        return _manifest(ds)
+
+    return _guarded(run)
 
 
 def rejection_note(data: bytes | Dataset, *, max_bytes: int = MAX_KOS_BYTES) -> RejectionNote | None:
@@ -639,11 +652,19 @@ def rejection_note(data: bytes | Dataset, *, max_bytes: int = MAX_KOS_BYTES) -> 
     """
 
     def run() -> RejectionNote | None:
-        ds = data if isinstance(data, Dataset) else _read(data, max_bytes)
-        if isinstance(data, Dataset):
+        if isinstance(data, Dataset):  # e.g. from the C-STORE SCP: whole, but decoded lazily
+            if _uid(data, "SOPClassUID") != KOS_SOP_CLASS_UID:
+                return None
+            ds = data
             _decode_all(ds)
-        if _uid(ds, "SOPClassUID") != KOS_SOP_CLASS_UID:
-            return None
+        else:
+            if isinstance(data, (bytes, bytearray)) and len(data) > max_bytes and not _is_kos(data):
+                return None  # a large image: not ours to refuse
+            ds, cut = _read(data, max_bytes, stop_before_pixels=True)
+            if cut:
+                raise KosParseError(_CUT)
+            if _uid(ds, "SOPClassUID") != KOS_SOP_CLASS_UID:
+                return None
         title = _title(ds)
         if title not in REJECTION_TITLES:
             return None
@@ -657,8 +678,26 @@ def rejection_note(data: bytes | Dataset, *, max_bytes: int = MAX_KOS_BYTES) -> 
     return _guarded(run)
 
 
+def _is_kos(data: bytes | bytearray) -> bool:
+    head = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    return str(head.get("SOPClassUID", "")) == KOS_SOP_CLASS_UID
+
+
 # pydicom reads damaged files leniently: a missing delimiter or a short file only *warns* and
 # yields a partial dataset. These warnings mean references may be lost, so they are fatal here.
+_WARNINGS_LOCK = threading.Lock()
+_parsing = threading.local()
+
+
+class _MuteWhileParsing(logging.Filter):
+    """pydicom also *logs* its warnings, value included, to the "pydicom" logger: drop the records
+    emitted by a thread while it parses here (other threads and other code are untouched)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_parsing, "active", False)
+
+
+logging.getLogger("pydicom").addFilter(_MuteWhileParsing())
 _DAMAGE_WARNINGS = ("End of file", "Expected sequence item", "Expected 0x00000000", "Unknown VR")
 
 
@@ -666,9 +705,11 @@ def _guarded(fn: Callable[[], _T]) -> _T:
     # pydicom parses lazily and raises whatever the bytes provoke (ValueError, KeyError,
     # struct.error, EOFError, TypeError, UnicodeDecodeError, RecursionError…); callers get one type.
     # Warnings are recorded, not shown: pydicom's quote element values, i.e. patient data.
-    # (Filters are process-global in Python 3.11: a concurrent thread may miss a warning, at worst.)
-    with warnings.catch_warnings(record=True) as caught:
+    # The warning filters are process-global: overlapping catch_warnings() in two threads (SCP
+    # handlers, the loop) would restore each other's state, so parses here take turns.
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        _parsing.active = True
         try:
             result = fn()
         except KosParseError:
@@ -677,19 +718,43 @@ def _guarded(fn: Callable[[], _T]) -> _T:
             raise KosParseError(f"not a DICOM Part 10 file: {e}") from None
         except Exception as e:  # noqa: BLE001 - see above
             raise KosParseError(f"malformed DICOM ({type(e).__name__})") from None
+        finally:
+            _parsing.active = False
     if any(str(w.message).startswith(_DAMAGE_WARNINGS) for w in caught):
         raise KosParseError("truncated or corrupt DICOM (an element or a sequence is cut)")
     return result
 
 
-def _read(data: bytes, max_bytes: int) -> Dataset:
+class _CutDetector(io.BytesIO):
+    """Notes a read that returns some but not all of the bytes asked for: the file was cut inside
+    an element. pydicom treats that as a short value, or as the end of a sequence, and carries on."""
+
+    cut = False
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        data = super().read(size)
+        if size is not None and 0 < len(data) < size:
+            self.cut = True
+        return data
+
+
+def _read(data: bytes, max_bytes: int, *, stop_before_pixels: bool = False) -> tuple[Dataset, bool]:
+    """The dataset, and whether the bytes were cut inside an element.
+
+    Pixel data is skipped when asked: a KOS has none, so deciding whether an image is a rejection
+    note need not read its megabytes.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise KosParseError(f"expected bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
         raise KosParseError(f"KOS of {len(data)} bytes exceeds the {max_bytes}-byte limit")
-    ds = dcmread(io.BytesIO(bytes(data)))
+    reader = _CutDetector(bytes(data))
+    ds = dcmread(reader, stop_before_pixels=stop_before_pixels)
     _decode_all(ds)
-    return ds
+    return ds, reader.cut
+
+
+_CUT = "truncated DICOM: the file ends inside an element"
 
 
 def _decode_all(ds: Dataset) -> None:
@@ -735,20 +800,43 @@ def _title(ds: Dataset) -> Code:
     return Code(str(value), str(scheme), str(item.get("CodeMeaning", "") or ""))
 
 
+_RELATIONSHIPS = frozenset({"CONTAINS", "HAS OBS CONTEXT", "HAS CONCEPT MOD", "HAS PROPERTIES",
+                            "HAS ACQ CONTEXT", "INFERRED FROM", "SELECTED FROM"})
+_VALUE_TYPES = frozenset({"TEXT", "CODE", "NUM", "DATETIME", "DATE", "TIME", "UIDREF", "PNAME",
+                          "COMPOSITE", "IMAGE", "WAVEFORM", "SCOORD", "SCOORD3D", "TCOORD",
+                          "CONTAINER", "TABLE"})
+_REFERENCE_TYPES = frozenset({"COMPOSITE", "IMAGE", "WAVEFORM"})
+
+
 def _checked_evidence(ds: Dataset) -> tuple[SeriesRef, ...]:
-    """The evidence references, after checking the content tree refers to nothing else (C.17.6.2)."""
+    """The evidence references, once checked against the content tree.
+
+    PS3.3 C.17.6.2.1: the evidence is the full set of instances the content refers to. Requiring
+    both to list the same instances, and every content item to be whole, also catches a file cut
+    inside its last sequence, which pydicom reads without complaint.
+    """
     series = _evidence_refs(ds)
     content = ds.get("ContentSequence")
     if not content:
         raise KosParseError("ContentSequence missing or empty: a KOS references at least one object")
-    evidence = {sop.sop_instance_uid for s in series for sop in s.sops}
+    referenced: set[str] = set()
     for item in content:
-        if item.get("ValueType") in ("IMAGE", "COMPOSITE", "WAVEFORM"):
+        if item.get("RelationshipType") not in _RELATIONSHIPS:
+            raise KosParseError("content item with a missing or unknown RelationshipType")
+        value_type = item.get("ValueType")
+        if value_type not in _VALUE_TYPES:
+            raise KosParseError("content item with a missing or unknown ValueType")
+        if value_type in _REFERENCE_TYPES:
             refs = item.get("ReferencedSOPSequence")
-            if not refs:
-                raise KosParseError("content item without ReferencedSOPSequence")
-            if _uid(refs[0], "ReferencedSOPInstanceUID", "content ") not in evidence:
-                raise KosParseError("content refers to an instance missing from the evidence")
+            if not refs or len(refs) != 1:
+                raise KosParseError("reference content item without its ReferencedSOPSequence item")
+            _uid(refs[0], "ReferencedSOPClassUID", "content ")
+            referenced.add(_uid(refs[0], "ReferencedSOPInstanceUID", "content "))
+    evidence = {sop.sop_instance_uid for s in series for sop in s.sops}
+    if referenced != evidence:
+        raise KosParseError(
+            f"content tree and evidence disagree ({len(referenced)} vs {len(evidence)} instances)"
+        )
     return series
 
 
@@ -813,9 +901,29 @@ def _content_datetime(ds: Dataset) -> datetime | None:
 
 
 __all__ = [
-    "BuiltKos", "Code", "Instance", "KosBuildError", "KosError", "KosManifest", "KosParseError",
-    "KosRequest", "Patient", "RejectionNote", "RejectionRequest", "SeriesRef", "SopRef", "Study",
-    "MANIFEST", "KEY_OBJECT_DESCRIPTION", "REJECTION_TITLES", "REJECTED_FOR_QUALITY",
-    "REJECTED_FOR_PATIENT_SAFETY", "INCORRECT_WORKLIST_ENTRY", "RETENTION_EXPIRED",
-    "build_kos", "build_rejection_note", "parse_kos", "rejection_note",
+    "INCORRECT_WORKLIST_ENTRY",
+    "KEY_OBJECT_DESCRIPTION",
+    "MANIFEST",
+    "REJECTED_FOR_PATIENT_SAFETY",
+    "REJECTED_FOR_QUALITY",
+    "REJECTION_TITLES",
+    "RETENTION_EXPIRED",
+    "BuiltKos",
+    "Code",
+    "Instance",
+    "KosBuildError",
+    "KosError",
+    "KosManifest",
+    "KosParseError",
+    "KosRequest",
+    "Patient",
+    "RejectionNote",
+    "RejectionRequest",
+    "SeriesRef",
+    "SopRef",
+    "Study",
+    "build_kos",
+    "build_rejection_note",
+    "parse_kos",
+    "rejection_note",
 ]

@@ -2,7 +2,14 @@
 
 from appliance.hl7.cda import CdaReport, parse_cda
 from appliance.hl7.errors import CdaError, ErrorCode, Hl7Error
-from appliance.hl7.messages import Action, Report, Sender, inconsistencies, parse_message, read_report
+from appliance.hl7.messages import (
+                                     Action,
+                                     Report,
+                                     Sender,
+                                     inconsistencies,
+                                     parse_message,
+                                     read_report,
+)
 from appliance.hl7.mllp import MllpClient, MllpServer, send_message
 
 __all__ = ["Action", "CdaError", "CdaReport", "ErrorCode", "Hl7Error", "MllpClient", "MllpServer",

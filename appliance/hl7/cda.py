@@ -97,10 +97,6 @@ class CdaReport:
         return INS_OIDS.get(self.ins_oid, "")
 
 
-_PARSER_OPTIONS = dict(resolve_entities=False, no_network=True, load_dtd=False,
-                       dtd_validation=False, huge_tree=False, remove_pis=True)
-
-
 def parse_cda(data: bytes, max_bytes: int = DEFAULT_MAX_CDA_BYTES) -> CdaReport:
     """Parse a CDA R2 document into a ``CdaReport``; raise ``CdaError`` with a clear reason."""
     if not isinstance(data, (bytes, bytearray)):
@@ -109,7 +105,8 @@ def parse_cda(data: bytes, max_bytes: int = DEFAULT_MAX_CDA_BYTES) -> CdaReport:
         raise CdaError(f"document is {len(data)} bytes, the limit is {max_bytes}")
     if not data.strip():
         raise CdaError("document is empty")
-    parser = etree.XMLParser(**_PARSER_OPTIONS)  # type: ignore[arg-type]
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
+                             dtd_validation=False, huge_tree=False, remove_pis=True)
     try:
         root = etree.fromstring(bytes(data), parser)
     except (etree.XMLSyntaxError, ValueError) as e:
@@ -188,7 +185,8 @@ def _professional(entity: etree._Element | None, time: str) -> Professional | No
 def _extract(doc: etree._Element) -> CdaReport:
     document_id = _ii(_first(doc, "cda:id"))
     if document_id is None:
-        raise CdaError("ClinicalDocument/id (document id) is missing", ErrorCode.REQUIRED_FIELD_MISSING)
+        raise CdaError("ClinicalDocument/id (document id) is missing",
+                       ErrorCode.REQUIRED_FIELD_MISSING)
 
     patient_role = _first(doc, "cda:recordTarget/cda:patientRole")
     if patient_role is None:

@@ -33,7 +33,7 @@ META_FLAGS = ("MASQUE_PS", "INVISIBLE_PATIENT", "INVISIBLE_REP_LEGAUX", "CONNEXI
               "ACK_LECTURE_MSS")
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     PUBLISH = "publish"
     REPLACE = "replace"
     WITHDRAW = "withdraw"
@@ -90,6 +90,7 @@ class Report:
     flags: dict[str, bool] = field(default_factory=dict)
     sender: Sender | None = None
     cda_report: CdaReport | None = None
+    birthplace: str = ""  # PID-11 address type BDL, county code (INSEE commune code)
 
     @property
     def ins_environment(self) -> str:
@@ -142,7 +143,7 @@ def _one(msg: hl7.Message, name: str, required: bool = True) -> Any:
 
 def normalise(text: str) -> str:
     """HL7 separates segments with CR; files and some senders use CRLF or LF."""
-    return text.replace("\r\n", "\r").replace("\n", "\r").strip("\r \t\x00")
+    return text.replace("\r\n", "\r").replace("\n", "\r").strip("\r \t\x00\ufeff")
 
 
 def parse_hl7(text: str) -> hl7.Message:
@@ -256,7 +257,15 @@ def parse_message(text: str) -> Report:
         cda=cda,
         flags=flags,
         sender=_sender(msg),
+        birthplace=_birthplace(pid),
     )
+
+
+def _birthplace(pid: Any) -> str:
+    for r in range(1, _repetitions(pid, 11) + 1):
+        if _get(pid, 11, r, 7) == "BDL":
+            return _get(pid, 11, r, 9)
+    return ""
 
 
 def _patient_ids(pid: Any) -> tuple[str, str, str, str, str]:
@@ -318,6 +327,8 @@ def _observations(msg: hl7.Message) -> tuple[Any, dict[str, bool]]:
 
 
 def _action(mtype: str, trigger: str, order_control: str, status: str) -> Action:
+    """MDM: the trigger (T02/T10/T04). ORU: ORC-1 CA or OBX-11 D withdraw, C replaces,
+    F publishes; any other status (P preliminary, ...) is refused: only validated reports go."""
     if mtype == "MDM":
         return {"T02": Action.PUBLISH, "T10": Action.REPLACE, "T04": Action.WITHDRAW}[trigger]
     if order_control == "CA" or status == "D":

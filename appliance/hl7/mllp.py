@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from appliance.component import Health
+from appliance.config import Hl7Config
 from appliance.hl7.ack import build_ack
 from appliance.hl7.cda import DEFAULT_MAX_CDA_BYTES
 from appliance.hl7.errors import ErrorCode, Hl7Error
@@ -129,12 +130,14 @@ class MllpServer:
                  max_message_bytes: int = 16 * 1024 * 1024, idle_timeout: float = 300.0, *,
                  check_accession: bool = False, max_cda_bytes: int = DEFAULT_MAX_CDA_BYTES,
                  application: str | None = None, facility: str | None = None,
-                 stop_grace: float = 5.0) -> None:
+                 max_connections: int = 16, stop_grace: float = 5.0) -> None:
         """``check_accession``: also refuse a message whose OBR-18 differs from the CDA
         accession. Off by default: every ANS referencing sample carries the filler order number
         in OBR-18 (``09011600123``) and the real accession only in the CDA (``ACN103``...); the
         CDA accession is the one the KOS uses and study resolution checks against the PACS.
-        ``application``/``facility``: MSH-3/4 of our ACKs (default: the sender's MSH-5/6)."""
+        ``application``/``facility``: MSH-3/4 of our ACKs (default: the sender's MSH-5/6).
+        ``max_connections``: beyond it new connections are closed at once (each may buffer up
+        to ``max_message_bytes``)."""
         self.bind = bind
         self.port = port
         self._handler = handler
@@ -144,12 +147,21 @@ class MllpServer:
         self._max_cda = max_cda_bytes
         self._application = application
         self._facility = facility
+        self._max_connections = max_connections
         self._grace = stop_grace
         self._server: asyncio.Server | None = None
+        self._stopping = False
         self._connections: set[asyncio.Task[None]] = set()
         self._busy: set[asyncio.Task[None]] = set()  # connections inside the handler
         self.stats = {"connections": 0, "messages": 0, "accepted": 0, "errors": 0,
-                      "rejected": 0, "dropped_partial": 0, "oversized": 0, "idle_closed": 0}
+                      "rejected": 0, "dropped_partial": 0, "oversized": 0, "idle_closed": 0,
+                      "refused_connections": 0}
+
+    @classmethod
+    def from_config(cls, config: Hl7Config, handler: Handler, **options: Any) -> MllpServer:
+        """The server for the ``[hl7]`` section (ARCHITECTURE.md §7)."""
+        return cls(config.bind, config.port, handler, config.max_message_bytes,
+                   config.idle_timeout, **options)
 
     # --- Component -------------------------------------------------------------------------
 
@@ -165,6 +177,7 @@ class MllpServer:
         server, self._server = self._server, None
         if server is None:
             return
+        self._stopping = True
         server.close()
         # Connections waiting for the next frame are closed now; one inside the handler gets
         # ``stop_grace`` seconds to commit and send its ACK (an unACKed message is resent).
@@ -179,6 +192,7 @@ class MllpServer:
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
         await server.wait_closed()
+        self._stopping = False
         log.info("hl7 intake stopped")
 
     def health(self) -> Health:
@@ -194,6 +208,12 @@ class MllpServer:
                              writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._connections) >= self._max_connections:
+            self.stats["refused_connections"] += 1
+            log.warning("hl7 connection refused: too many open connections",
+                        extra={"max_connections": self._max_connections})
+            writer.close()
+            return
         self._connections.add(task)
         self.stats["connections"] += 1
         frames = FrameReader(reader, self._max, self._idle)
@@ -214,6 +234,7 @@ class MllpServer:
                         head, Hl7Error("AR", ErrorCode.APPLICATION_INTERNAL_ERROR,
                                        f"message exceeds the {self._max}-byte limit"),
                         self._application, self._facility))
+                    await _drain_then_close(reader, writer)
                     return
                 except FramingError as e:
                     log.warning("hl7 connection closed: not MLLP", extra={"error": str(e)})
@@ -224,12 +245,13 @@ class MllpServer:
                         log.warning("hl7 connection closed in the middle of a frame; "
                                     "nothing delivered", extra={"bytes": frames.pending})
                     return
-                self._busy.add(task)
+                self._busy.add(task)  # until the ACK is written: stop() waits for it
                 try:
-                    ack = await self._process(payload)
+                    await self._send(writer, await self._process(payload))
                 finally:
                     self._busy.discard(task)
-                await self._send(writer, ack)
+                if self._stopping:
+                    return
         except (ConnectionError, asyncio.IncompleteReadError):
             log.info("hl7 connection lost")
         except asyncio.CancelledError:
@@ -289,6 +311,18 @@ class MllpServer:
             "control_id": control_id or "", "ack": error.ack_code,
             "hl7_error": error.hl7_error_code, "reason": error.reason})
         return build_ack(text, error, self._application, self._facility)
+
+
+async def _drain_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            limit: float = 2.0) -> None:
+    """Half-close, then discard what the peer still sends for a moment: closing a socket with
+    unread data makes Linux send RST, which can destroy the NAK before the peer reads it."""
+    with contextlib.suppress(Exception):
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(limit):
+            while await reader.read(_READ_SIZE):
+                pass
 
 
 class MllpClient:

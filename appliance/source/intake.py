@@ -40,7 +40,9 @@ def report_payload(report: Report) -> dict[str, Any]:
         "sex": report.sex,
         "placer_order": report.placer_order,
         "filler_order": report.filler_order,
-        "accession": report.accession,
+        # The CDA carries the real accession; ANS samples put the filler order in OBR-18.
+        "accession": (report.cda_report.accession.extension
+                      if report.cda_report and report.cda_report.accession else report.accession),
         "flags": dict(report.flags),
         "sender": dataclasses.asdict(report.sender) if report.sender else None,
         "cda": base64.b64encode(report.cda).decode() if report.cda else "",

@@ -232,6 +232,7 @@ class Publisher:
         instances = [kosmod.Instance(**i) for i in p["instances"]]
         return kosmod.KosRequest(patient=patient, study=study, instances=instances,
                                  public_url=self.config.box.public_url, previous=previous,
+                                 uid_root=self.config.dicom.uid_root or None,
                                  device_name=self.config.box.name)
 
     # -- built: talk to the DMP -----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""HL7 area fixtures: the ANS referencing messages (placeholders filled) and a running MLLP server."""
+"""HL7 area fixtures: the ANS referencing messages and a running MLLP server."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -62,3 +63,14 @@ class Recorder:
         self.reports.append(report)
 
 
+
+
+def full_size(message: str) -> str:
+    """The message with a CDA body as big as the original ANS ones (~175 kB PDF, ~325 kB)."""
+    cda = cda_of(message)
+    body = base64.b64encode(os.urandom(175_000))
+    start = cda.index(b"<component>")
+    big = (cda[:start] + b'<component><nonXMLBody><text mediaType="application/pdf" '
+           b'representation="B64">' + body + b"</text></nonXMLBody></component>"
+           b"</ClinicalDocument>")
+    return replace_cda(message, big)

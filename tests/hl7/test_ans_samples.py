@@ -73,6 +73,11 @@ EXPECTED = {
 }
 
 
+# PID-11 (README: C, C-MDM and G1 51215; the others 63220).
+BIRTHPLACE = {name: "51215" if name in ("CR_C-ORU.hl7", "CR_C-MDM.hl7", "CR_G1-ORU.hl7")
+              else "63220" for name in EXPECTED}
+
+
 def test_every_ans_message_is_covered(ans_messages):
     assert set(ans_messages) == set(EXPECTED)
 
@@ -97,6 +102,7 @@ def test_ans_message_fields(ans_messages, name):
     assert (report.birth_family, report.given, report.used_family) == (
         "PAT-TROIS", "DOMINIQUE", "PAT-TROIS")
     assert (report.birth_date, report.sex, report.identity_status) == ("19790328", "F", "VALI")
+    assert report.birthplace == BIRTHPLACE[name]
     if mdm:
         assert (report.placer_order, report.filler_order, report.accession) == ("", "", "")
         assert report.document_number == exp["doc"]

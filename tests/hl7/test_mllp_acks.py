@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -54,44 +55,42 @@ def _cases(oru_text: str, cda: bytes) -> dict[str, tuple[Callable[[], str], str,
     """name -> (message builder, ack code, ERR-3 code, a word the reason must contain)."""
     other_patient = cda.replace(b'extension="279035121518989"', b'extension="185057800608436"')
     other_ipp = cda.replace(b'extension="IPP101"', b'extension="IPP999"')
+    o = oru_text
+    ins_rep = "279035121518989^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS^^~"
+    ipp_rep = "~IPP101^^^AUT-AFFECTATION&1.2.250.1.213.4.5.2.4&ISO^PI"
+    xxe = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+           b'<ClinicalDocument xmlns="urn:hl7-org:v3">&e;</ClinicalDocument>')
+    yes = "Y^^expandedYes-NoIndicator"
     return {
-        "unsupported type": (lambda: msh_field(oru_text, 9, "ADT^A01^ADT_A01"), "AR", "200", "ADT"),
-        "unsupported event": (lambda: msh_field(oru_text, 9, "ORU^R30^ORU_R30"), "AR", "201", "R30"),
-        "unsupported version": (lambda: msh_field(oru_text, 12, "2.3"), "AR", "203", "2.3"),
-        "MDM version on ORU": (lambda: msh_field(oru_text, 12, "2.6"), "AR", "203", "2.5"),
-        "unsupported processing id": (lambda: msh_field(oru_text, 11, "X"), "AR", "202", "processing"),
-        "unsupported charset": (lambda: msh_field(oru_text, 18, "8859/1"), "AR", "103", "character"),
-        "no control id": (lambda: msh_field(oru_text, 10, ""), "AR", "101", "MSH-10"),
+        "unsupported type": (lambda: msh_field(o, 9, "ADT^A01^ADT_A01"), "AR", "200", "ADT"),
+        "unsupported event": (lambda: msh_field(o, 9, "ORU^R30^ORU_R30"), "AR", "201", "R30"),
+        "unsupported version": (lambda: msh_field(o, 12, "2.3"), "AR", "203", "2.3"),
+        "MDM version on ORU": (lambda: msh_field(o, 12, "2.6"), "AR", "203", "2.5"),
+        "unsupported processing id": (lambda: msh_field(o, 11, "X"), "AR", "202", "processing"),
+        "unsupported charset": (lambda: msh_field(o, 18, "8859/1"), "AR", "103", "character"),
+        "no control id": (lambda: msh_field(o, 10, ""), "AR", "101", "MSH-10"),
         "not HL7": (lambda: "hello world", "AR", "100", "MSH"),
-        "missing INS": (lambda: oru_text.replace(
-            "279035121518989^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS^^~", ""),
-            "AE", "101", "INS"),
-        "INS with unknown OID": (lambda: oru_text.replace("ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10",
-                                                  "ASIP-SANTE-INS-NIR&1.2.3.4"),
+        "missing INS": (lambda: o.replace(ins_rep, ""), "AE", "101", "INS"),
+        "INS with unknown OID": (lambda: o.replace("NIR&1.2.250.1.213.1.4.10", "NIR&1.2.3.4"),
                                  "AE", "103", "OID"),
-        "INS with a wrong key": (lambda: oru_text.replace("279035121518989^", "279035121518988^"),
+        "INS with a wrong key": (lambda: o.replace("279035121518989^", "279035121518988^"),
                                  "AE", "102", "key"),
-        "missing IPP": (lambda: oru_text.replace(
-            "~IPP101^^^AUT-AFFECTATION&1.2.250.1.213.4.5.2.4&ISO^PI", ""), "AE", "101", "IPP"),
-        "missing PID": (lambda: segment_replace(oru_text, "PID|", "NTE|1"), "AE", "100", "PID"),
-        "bad base64": (lambda: oru_text.replace("^Base64^PD94", "^Base64^!!PD94"), "AE", "102",
+        "missing IPP": (lambda: o.replace(ipp_rep, ""), "AE", "101", "IPP"),
+        "missing PID": (lambda: segment_replace(o, "PID|", "NTE|1"), "AE", "100", "PID"),
+        "bad base64": (lambda: o.replace("^Base64^PD94", "^Base64^!!PD94"), "AE", "102",
                        "base64"),
-        "not base64 encoded": (lambda: oru_text.replace("^Base64^", "^A^"), "AE", "102", "Base64"),
-        "no CDA": (lambda: segment_replace(oru_text, "OBX|1|", "NTE|1"), "AE", "101", "CDA"),
-        "unparseable CDA": (lambda: replace_cda(oru_text, cda[: len(cda) // 2]), "AE", "102",
+        "not base64 encoded": (lambda: o.replace("^Base64^", "^A^"), "AE", "102", "Base64"),
+        "no CDA": (lambda: segment_replace(o, "OBX|1|", "NTE|1"), "AE", "101", "CDA"),
+        "unparseable CDA": (lambda: replace_cda(o, cda[: len(cda) // 2]), "AE", "102",
                             "well-formed"),
-        "CDA not a ClinicalDocument": (lambda: replace_cda(oru_text, b"<html/>"), "AE", "102",
+        "CDA not a ClinicalDocument": (lambda: replace_cda(o, b"<html/>"), "AE", "102",
                                        "ClinicalDocument"),
-        "CDA with DOCTYPE": (lambda: replace_cda(oru_text, b'<?xml version="1.0"?><!DOCTYPE x ['
-                                         b'<!ENTITY e SYSTEM "file:///etc/passwd">]>'
-                                         b'<ClinicalDocument xmlns="urn:hl7-org:v3">&e;'
-                                         b'</ClinicalDocument>'), "AE", "102", "DOCTYPE"),
-        "CDA for another patient": (lambda: replace_cda(oru_text, other_patient), "AE", "207", "INS"),
-        "CDA with another IPP": (lambda: replace_cda(oru_text, other_ipp), "AE", "207", "IPP"),
-        "preliminary result": (lambda: oru_text.replace("||||||F|\rPRT", "||||||P|\rPRT"), "AE", "103",
+        "CDA with DOCTYPE": (lambda: replace_cda(o, xxe), "AE", "102", "DOCTYPE"),
+        "CDA for another patient": (lambda: replace_cda(o, other_patient), "AE", "207", "INS"),
+        "CDA with another IPP": (lambda: replace_cda(o, other_ipp), "AE", "207", "IPP"),
+        "preliminary result": (lambda: o.replace("||||||F|\rPRT", "||||||P|\rPRT"), "AE", "103",
                                "OBX-11"),
-        "bad MetaDMPMSS flag": (lambda: oru_text.replace("Y^^expandedYes-NoIndicator",
-                                                 "maybe^^expandedYes-NoIndicator", 1),
+        "bad MetaDMPMSS flag": (lambda: o.replace(yes, "maybe^^expandedYes-NoIndicator", 1),
                                 "AE", "103", "MetaDMPMSS"),
     }
 
@@ -100,12 +99,13 @@ CASE_NAMES = list(_cases("MSH|", b"").keys())
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
-async def test_refused_before_the_handler(case, ans_messages, start_server, recorder):
+async def test_refused_before_the_handler(case, ans_messages, start_server, recorder, caplog):
     oru_text = fill(ans_messages[ORU], "C-1")
     build, code, err, word = _cases(oru_text, cda_of(oru_text))[case]
     message = build()
     server = await start_server(recorder)
-    ack_code, control_id, errors = await roundtrip(server.port, message)
+    with caplog.at_level(logging.DEBUG):
+        ack_code, control_id, errors = await roundtrip(server.port, message)
     assert ack_code == code
     assert len(errors) == 1
     assert errors[0][0] == err, errors
@@ -114,8 +114,11 @@ async def test_refused_before_the_handler(case, ans_messages, start_server, reco
         assert control_id == "C-1"
     assert recorder.reports == [], "the handler must not see a refused message"
     # Reasons go back to the RIS and into logs: never the patient's identifiers.
-    for secret in ("279035121518989", "IPP101", "PAT-TROIS"):
+    logged = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
+    assert "refused" in logged
+    for secret in ("279035121518989", "IPP101", "PAT-TROIS", "DOMINIQUE"):
         assert secret not in errors[0][1]
+        assert secret not in logged
 
 
 async def test_ack_echoes_the_header(ans_messages, start_server, recorder):
@@ -150,7 +153,7 @@ async def test_strict_accession_check_refuses_the_ans_samples(oru, start_server,
 
 async def test_invalid_utf8_is_refused(oru, start_server, recorder):
     server = await start_server(recorder)
-    raw = oru.encode("utf-8").replace("PAT-TROIS".encode(), b"PAT-\xff\xfeTROIS", 1)
+    raw = oru.encode("utf-8").replace(b"PAT-TROIS", b"PAT-\xff\xfeTROIS", 1)
     code, control_id, errors = await roundtrip(server.port, raw)
     assert (code, control_id) == ("AR", "C-1")
     assert errors[0][0] == "102" and "UTF-8" in errors[0][1]
@@ -280,20 +283,23 @@ async def test_frame_cut_then_eof_delivers_nothing(oru, start_server, recorder):
     writer.close()
 
 
-async def test_oversized_message_is_refused_and_connection_closed(oru, start_server, recorder):
+@pytest.mark.parametrize("padding", [0, 2_000_000])
+async def test_oversized_message_is_refused_and_connection_closed(oru, start_server, recorder,
+                                                                  padding):
+    """The AR reaches the sender even while it is still writing a big message."""
     server = await start_server(recorder, max_message_bytes=10_000)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(frame(oru.encode()))  # ~29 kB
-    try:
-        await writer.drain()
-    except ConnectionError:
-        pass  # the server may close before reading everything
+    big = oru.replace("\rPRT|", "\rNTE|1||" + "x" * padding + "\rPRT|", 1)
+    writer.write(frame(big.encode()))  # >= 29 kB
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()  # the server may close before reading everything
     rest = await read_until_closed(reader)
     assert rest.startswith(START) and END in rest
     code, control_id, errors = parse_ack(rest[1:rest.index(END)].decode())
     assert (code, control_id) == ("AR", "C-1")
     assert "10000-byte limit" in errors[0][1]
     assert recorder.reports == []
+    assert server.health().details["oversized"] == 1
     writer.close()
 
 
@@ -369,8 +375,56 @@ async def test_stop_lets_an_inflight_report_finish(oru, start_server, recorder):
     writer.write(frame(oru.encode()))
     await writer.drain()
     await started.wait()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
     await server.stop()
+    assert loop.time() - t0 < 2, "stop() returns once the ACK is sent, not after the grace"
     data = await read_until_closed(reader)
     assert parse_ack(data[1:data.index(END)].decode())[0] == "AA"
     assert len(recorder.reports) == 1
     writer.close()
+
+
+async def test_connections_beyond_the_limit_are_closed(oru, start_server, recorder):
+    server = await start_server(recorder, max_connections=2)
+    kept = [await MllpClient.connect("127.0.0.1", server.port) for _ in range(2)]
+    for client in kept:  # an answered message proves the server holds the connection
+        assert parse_ack(await client.send(oru))[0] == "AA"
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    assert await read_until_closed(reader) == b""
+    writer.close()
+    assert parse_ack(await kept[0].send(oru))[0] == "AA"  # the others still work
+    await kept[0].close()
+    async with asyncio.timeout(5):
+        while server.health().details["open_connections"] > 1:
+            await asyncio.sleep(0.01)
+    async with await MllpClient.connect("127.0.0.1", server.port) as again:
+        assert parse_ack(await again.send(oru))[0] == "AA"  # a slot was freed
+    await kept[1].close()
+    assert server.health().details["refused_connections"] == 1
+
+
+async def test_full_size_ans_message_with_default_limits(oru, start_server, recorder):
+    from tests.hl7.helpers import full_size
+
+    big = full_size(oru)
+    assert len(big) > 300_000
+    server = await start_server(recorder)
+    assert await roundtrip(server.port, big) == ("AA", "C-1", [])
+    assert recorder.reports[0].cda is not None and len(recorder.reports[0].cda) > 200_000
+
+
+async def test_server_from_config(oru, recorder, port_factory):
+    from appliance.config import Hl7Config
+    from appliance.hl7.mllp import MllpServer
+
+    config = Hl7Config(bind="127.0.0.1", port=port_factory(), max_message_bytes=20_000,
+                       idle_timeout=30.0)
+    server = MllpServer.from_config(config, recorder)
+    await server.start()
+    try:
+        assert server.port == config.port
+        code, _, errors = await roundtrip(server.port, oru)  # ~29 kB > 20 kB
+        assert code == "AR" and "20000-byte limit" in errors[0][1]
+    finally:
+        await server.stop()

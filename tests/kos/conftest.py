@@ -33,7 +33,7 @@ def _run_on_bytes(cmd: list[str], data: bytes) -> subprocess.CompletedProcess[st
     with tempfile.NamedTemporaryFile(suffix=".dcm") as f:
         f.write(data)
         f.flush()
-        return subprocess.run([*cmd, f.name], capture_output=True, text=True, errors="replace",
+        return subprocess.run([*cmd, f.name], check=False, capture_output=True, text=True, errors="replace",
                               timeout=120)
 
 

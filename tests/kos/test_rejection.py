@@ -10,9 +10,20 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from appliance.dicom.kos import (
-    INCORRECT_WORKLIST_ENTRY, MANIFEST, REJECTED_FOR_PATIENT_SAFETY, REJECTED_FOR_QUALITY,
-    REJECTION_TITLES, RETENTION_EXPIRED, Code, KosBuildError, KosParseError, RejectionRequest,
-    build_kos, build_rejection_note, parse_kos, rejection_note,
+    INCORRECT_WORKLIST_ENTRY,
+    MANIFEST,
+    REJECTED_FOR_PATIENT_SAFETY,
+    REJECTED_FOR_QUALITY,
+    REJECTION_TITLES,
+    RETENTION_EXPIRED,
+    Code,
+    KosBuildError,
+    KosParseError,
+    RejectionRequest,
+    build_kos,
+    build_rejection_note,
+    parse_kos,
+    rejection_note,
 )
 from appliance.dicom.uids import new_uid
 
@@ -100,6 +111,7 @@ def test_rejection_note_without_evidence_is_an_error():
         rejection_note(ds)
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_rejection_note_with_a_bad_referenced_uid_is_an_error():
     ds = pydicom.dcmread(io.BytesIO(build_rejection_note(rejection_request()).data))
     ref = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
@@ -116,3 +128,41 @@ def test_generator_refuses_a_title_outside_cid_7011():
 def test_generator_refuses_an_empty_rejection():
     with pytest.raises(KosBuildError, match="rejected"):
         build_rejection_note(replace(rejection_request(), rejected=[]))
+
+
+def test_a_compressed_image_is_not_a_rejection_note():
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(io.BytesIO(ct_image_bytes()))
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.SamplesPerPixel = 2, 2, 8, 1
+    ds.PixelData = encapsulate([b"\xff\xd8fakejpeg\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    assert rejection_note(buf.getvalue()) is None
+
+
+def test_a_truncated_image_is_an_error():
+    with pytest.raises(KosParseError):
+        rejection_note(ct_image_bytes()[:-3])
+
+
+def test_an_image_larger_than_the_kos_limit_is_not_a_rejection_note():
+    image = ct_image_bytes()
+    assert rejection_note(image, max_bytes=len(image) - 1) is None
+    note = build_rejection_note(rejection_request()).data
+    with pytest.raises(KosParseError, match="limit"):
+        rejection_note(note, max_bytes=len(note) - 1)
+
+
+def test_parsing_from_many_threads_at_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    note = build_rejection_note(rejection_request()).data
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: rejection_note(note), range(64)))
+    assert all(r is not None and r.reason == REJECTED_FOR_QUALITY for r in results)
+    import warnings
+
+    assert warnings.showwarning.__module__ == "warnings"  # filters and hook restored

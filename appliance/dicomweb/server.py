@@ -1,0 +1,398 @@
+"""The box's local DICOMweb read side: QIDO-RS search, WADO-RS instance and series metadata.
+
+``make_app(store)`` returns an aiohttp application meant to be mounted under ``/dicom-web``::
+
+    app.add_subapp("/dicom-web", make_app(store))
+
+Every answer that carries patient data first writes an audit event (fail closed: no audit row,
+no data). CORS is denied unless the origin is on the allow-list given to :func:`make_app`.
+Blocking work (SQLite, file reads, gzip) runs in the loop's default executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import logging
+import os
+import re
+import time
+from collections import OrderedDict
+from typing import Any, Awaitable, Callable, Collection, TypeVar
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from appliance import audit
+from appliance.logs import correlation_id, new_correlation_id
+from appliance.store import BASE, Store, valid_uid
+
+from . import multipart, qido
+from .accept import BadHeader, NotAcceptable, accepts_gzip, accepts_json, choose_instance
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+DICOM_JSON = "application/dicom+json"
+STORE_KEY = web.AppKey("dicomweb_store", Store)
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
+# Headers a browser may send on a cross-origin DICOMweb request.
+_CORS_REQUEST_HEADERS = "Accept, Accept-Encoding, Authorization, Content-Type, KOS-SOPInstanceUID"
+_CORS_EXPOSE = "Content-Type, Content-Length, Content-Encoding, Content-Location, Warning"
+
+T = TypeVar("T")
+OriginPolicy = Callable[[str], bool]
+
+
+def _bad(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=message + "\n")
+
+
+def _uid(request: web.Request, name: str, label: str) -> str:
+    value = request.match_info[name]
+    if not valid_uid(value):
+        raise _bad(f"{label} {value[:70]!r} is not a valid UID (digits and dots, at most 64 "
+                   "characters)")
+    return value
+
+
+class _MetadataCache:
+    """Gzipped series metadata with the base URL filled in, bounded by total bytes.
+
+    Keyed by the stored gzip's trailer (CRC-32 and size of the JSON), so a new version of the
+    series misses the cache by construction. Used on the event loop thread only.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, str, str, bytes], bytes] = OrderedDict()
+        self._size = 0
+
+    def get(self, key: tuple[str, str, str, bytes]) -> bytes | None:
+        data = self._items.get(key)
+        if data is not None:
+            self._items.move_to_end(key)
+        return data
+
+    def put(self, key: tuple[str, str, str, bytes], data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._size -= len(old)
+        self._items[key] = data
+        self._size += len(data)
+        while self._size > self.max_bytes:
+            _, dropped = self._items.popitem(last=False)
+            self._size -= len(dropped)
+
+
+class DicomWeb:
+    """Request handlers bound to one store and one policy."""
+
+    def __init__(self, store: Store, *, allow_origin: OriginPolicy, base_url: str | None,
+                 actor: Callable[[web.Request], str], max_results: int,
+                 metadata_cache_bytes: int) -> None:
+        self.store = store
+        self.allow_origin = allow_origin
+        self.base_url = base_url.rstrip("/") if base_url else None
+        self.actor = actor
+        self.max_results = max_results
+        self.metadata_cache = _MetadataCache(metadata_cache_bytes)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    @staticmethod
+    async def _run(fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    def base(self, request: web.Request) -> str:
+        """The public root of this application, e.g. ``http://127.0.0.1:8080/dicom-web``."""
+        if self.base_url:
+            return self.base_url
+        host = request.host
+        if not _HOST.fullmatch(host):
+            raise _bad("Host header is not a valid host[:port]")
+        studies = str(request.app.router["studies"].url_for())
+        return f"{request.scheme}://{host}{studies[:-len('/studies')]}"
+
+    async def _audit(self, request: web.Request, action: str, *, patient_id: str = "",
+                     study_uid: str = "", detail: str = "") -> None:
+        actor, cid = self.actor(request), correlation_id.get()  # contextvars stay on the loop
+        try:
+            await self._run(lambda: audit.record(
+                self.store.db, actor, action, "http", patient_id=patient_id,
+                study_uid=study_uid, detail=detail, correlation=cid))
+        except Exception:
+            log.exception("audit write failed; refusing to serve patient data")
+            raise web.HTTPServiceUnavailable(text="audit trail unavailable\n") from None
+
+    @staticmethod
+    def _want_json(request: web.Request) -> None:
+        try:
+            ok = accepts_json(request.headers.get("Accept"))
+        except BadHeader as e:
+            raise _bad(f"Accept: {e}") from None
+        if not ok:
+            raise web.HTTPNotAcceptable(text=f"this resource is offered as {DICOM_JSON} only\n")
+
+    # -- QIDO-RS ---------------------------------------------------------------------------------
+    async def search_studies(self, request: web.Request) -> web.StreamResponse:
+        return await self._search(request, "study", ())
+
+    async def search_series(self, request: web.Request) -> web.StreamResponse:
+        return await self._search(request, "series", (_uid(request, "study", "study"),))
+
+    async def search_instances(self, request: web.Request) -> web.StreamResponse:
+        return await self._search(request, "instance", (_uid(request, "study", "study"),
+                                                        _uid(request, "series", "series")))
+
+    async def _search(self, request: web.Request, level: qido.Level,
+                      scope: tuple[str, ...]) -> web.StreamResponse:
+        self._want_json(request)
+        try:
+            query = qido.parse(level, request.query.items())
+        except qido.QueryError as e:
+            raise _bad(str(e)) from None
+        base = self.base(request)
+
+        def run() -> qido.Result | None:
+            if scope and not self._exists(*scope):
+                return None
+            return qido.search(self.store.db, query, base, scope, self.max_results)
+
+        result = await self._run(run)
+        if result is None:
+            raise web.HTTPNotFound(text=("series" if len(scope) == 2 else "study")
+                                   + " not found\n")
+        if result.items:
+            one = lambda s: next(iter(s)) if len(s) == 1 else ""  # noqa: E731
+            await self._audit(request, "dicomweb.search",
+                              patient_id=one(result.patient_ids), study_uid=one(result.study_uids),
+                              detail=f"{level} level, {len(result.items)} results, "
+                                     f"{len(result.study_uids)} studies, "
+                                     f"{len(result.patient_ids)} patients; "
+                                     f"keys: {qido.describe(query)}")
+        body = json.dumps(result.items, separators=(",", ":"), ensure_ascii=False).encode()
+        resp = web.Response(body=body, content_type=DICOM_JSON, charset="utf-8")
+        warnings = []
+        if result.truncated:
+            warnings.append(f'299 {request.host} "The number of results exceeded the maximum '
+                            f'supported by the server ({self.max_results}); use limit and '
+                            'offset"')
+        if query.fuzzy_requested:
+            warnings.append(f'299 {request.host} "fuzzymatching=true is not supported; exact '
+                            'and wildcard matching were used"')
+        if warnings:
+            resp.headers["Warning"] = ", ".join(warnings)
+        if len(body) > 4096:
+            resp.enable_compression()
+        return resp
+
+    def _exists(self, study: str, series: str | None = None) -> bool:
+        if series is None:
+            return self.store.db.query_one("SELECT 1 FROM studies WHERE study_uid=?",
+                                           (study,)) is not None
+        return self.store.db.query_one("SELECT 1 FROM series WHERE series_uid=? AND study_uid=?",
+                                       (series, study)) is not None
+
+    def _patient_of(self, study: str) -> str:
+        row = self.store.db.query_one("SELECT patient_id FROM studies WHERE study_uid=?", (study,))
+        return "" if row is None else str(row["patient_id"])
+
+    # -- WADO-RS instance --------------------------------------------------------------------------
+    async def retrieve_instance(self, request: web.Request) -> web.StreamResponse:
+        study = _uid(request, "study", "study")
+        series = _uid(request, "series", "series")
+        sop = _uid(request, "sop", "instance")
+        row = await self._run(
+            self.store.db.query_one,
+            "SELECT i.rel_path, i.transfer_syntax, s.patient_id FROM instances i "
+            "JOIN studies s ON s.study_uid = i.study_uid "
+            "WHERE i.sop_uid=? AND i.series_uid=? AND i.study_uid=?", (sop, series, study))
+        if row is None:
+            raise web.HTTPNotFound(text="instance not found\n")
+        syntax = str(row["transfer_syntax"])
+        try:
+            is_multipart, syntax = choose_instance(request.headers.get("Accept"), syntax)
+        except BadHeader as e:
+            raise _bad(f"Accept: {e}") from None
+        except NotAcceptable as e:
+            raise web.HTTPNotAcceptable(text=str(e) + "\n") from None
+        path = self.store.root / row["rel_path"]
+        try:
+            f = await self._run(open, path, "rb")
+        except FileNotFoundError:  # deleted between the lookup and the open
+            raise web.HTTPNotFound(text="instance not found\n") from None
+        try:
+            size = os.fstat(f.fileno()).st_size
+            await self._audit(request, "dicomweb.retrieve", patient_id=str(row["patient_id"]),
+                              study_uid=study, detail=f"instance {sop}")
+            part_type = f"application/dicom; transfer-syntax={syntax}"
+            resp = web.StreamResponse(headers={"Cache-Control": "no-store"})
+            if is_multipart:
+                boundary = multipart.new_boundary()
+                head = multipart.part_header(boundary, part_type, size)
+                tail = multipart.part_end() + multipart.closing(boundary)
+                resp.headers["Content-Type"] = multipart.content_type(
+                    boundary, "application/dicom", syntax)
+            else:
+                head = tail = b""
+                resp.headers["Content-Type"] = part_type
+            resp.content_length = len(head) + size + len(tail)
+            await resp.prepare(request)
+            if head:
+                await resp.write(head)
+            while chunk := await self._run(f.read, CHUNK):
+                await resp.write(chunk)
+            if tail:
+                await resp.write(tail)
+            await resp.write_eof()
+            return resp
+        finally:
+            f.close()
+
+    # -- WADO-RS series metadata ---------------------------------------------------------------------
+    async def series_metadata(self, request: web.Request) -> web.StreamResponse:
+        study = _uid(request, "study", "study")
+        series = _uid(request, "series", "series")
+        self._want_json(request)
+        base = self.base(request)
+        stored = await self._run(self.store.series_metadata_gz, study, series)
+        if stored is None:
+            raise web.HTTPNotFound(text="series not found\n")
+        key = (study, series, base, stored[-8:])   # gzip trailer: CRC-32 + size of the JSON
+        data = self.metadata_cache.get(key)
+        if data is None:
+            data = await self._run(_fill_base, stored, base)
+            self.metadata_cache.put(key, data)
+        await self._audit(request, "dicomweb.metadata",
+                          patient_id=await self._run(self._patient_of, study), study_uid=study,
+                          detail=f"series {series}")
+        headers = {"Vary": "Accept-Encoding", "Cache-Control": "no-store"}
+        if accepts_gzip(request.headers.get("Accept-Encoding")):
+            headers["Content-Encoding"] = "gzip"
+            body = data
+        else:
+            body = await self._run(gzip.decompress, data)
+        return web.Response(body=body, content_type=DICOM_JSON, charset="utf-8", headers=headers)
+
+
+def _fill_base(stored_gz: bytes, base: str) -> bytes:
+    """Replace the store's placeholder with this server's root, gzip'd again (level 6)."""
+    escaped = json.dumps(base)[1:-1].encode()   # the base sits inside JSON strings
+    body = gzip.decompress(stored_gz).replace(BASE.encode(), escaped)
+    return gzip.compress(body, compresslevel=6, mtime=0)
+
+
+def _cors(allow_origin: OriginPolicy) -> tuple[Any, Callable[..., Awaitable[None]]]:
+    """(middleware answering preflights, hook adding CORS headers to allowed origins' answers).
+
+    The hook runs from ``on_response_prepare``, so streamed and error answers get it too.
+    """
+    @web.middleware
+    async def preflight(request: web.Request,
+                        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                        ) -> web.StreamResponse:
+        if request.method != "OPTIONS":
+            return await handler(request)
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return web.Response(status=204, headers={"Allow": "GET, OPTIONS"})
+        if not allow_origin(origin):
+            return web.Response(status=403, text="origin not allowed\n")
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": "GET",
+            "Access-Control-Allow-Headers": _CORS_REQUEST_HEADERS,
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin",
+        })
+
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
+        if request.method == "OPTIONS" or origin is None or not allow_origin(origin):
+            return
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
+        response.headers.add("Vary", "Origin")
+
+    return preflight, add_headers
+
+
+@web.middleware
+async def _context(request: web.Request,
+                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                   ) -> web.StreamResponse:
+    """Correlation id, timing and a log line per request (no query string: it may name a
+    patient)."""
+    new_correlation_id("http-")
+    started = time.perf_counter()
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    finally:
+        route = request.match_info.route.name or "-"
+        log.info("dicomweb request", extra={"route": route, "method": request.method,
+                                            "status": status,
+                                            "ms": round((time.perf_counter() - started) * 1e3, 1)})
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp access log without the query string, which may carry a patient's name or ID.
+
+    Pass it to the runner that serves this app: ``web.AppRunner(app, access_log_class=
+    AccessLogger)``; aiohttp's default access log writes the full request line.
+    """
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s", request.method, request.path, response.status,
+                         extra={"remote": request.remote, "status": response.status,
+                                "bytes": response.body_length, "ms": round(time * 1e3, 1)})
+
+
+def _origin_policy(cors_origins: Collection[str] | OriginPolicy) -> OriginPolicy:
+    if callable(cors_origins):
+        return cors_origins
+    allowed = frozenset(o.rstrip("/") for o in cors_origins)
+    return lambda origin: origin in allowed
+
+
+def _peer(request: web.Request) -> str:
+    return f"http:{request.remote or '-'}"
+
+
+def make_app(store: Store, *, cors_origins: Collection[str] | OriginPolicy = (),
+             base_url: str | None = None, actor: Callable[[web.Request], str] = _peer,
+             max_results: int = qido.DEFAULT_MAX_RESULTS,
+             metadata_cache_bytes: int = 64 * 1024 * 1024) -> web.Application:
+    """The DICOMweb read side over an open ``store``.
+
+    ``cors_origins``: exact origins (``https://viewer.example.org``) or a predicate; default
+    none (browsers on other origins are refused). ``base_url``: public root used in
+    RetrieveURL and BulkDataURI (default: from the request's scheme, Host and mount point).
+    ``actor``: who the audit trail names for a request (default: the peer address; the
+    authentication layer will pass the authenticated professional).
+    """
+    allow = _origin_policy(cors_origins)
+    dw = DicomWeb(store, allow_origin=allow, base_url=base_url, actor=actor,
+                  max_results=max_results, metadata_cache_bytes=metadata_cache_bytes)
+    preflight, cors_headers = _cors(allow)
+    app = web.Application(middlewares=[_context, preflight])
+    app.on_response_prepare.append(cors_headers)
+    app[STORE_KEY] = store
+    r = app.router
+    r.add_get("/studies", dw.search_studies, name="studies", allow_head=False)
+    r.add_get("/studies/{study}/series", dw.search_series, name="series", allow_head=False)
+    r.add_get("/studies/{study}/series/{series}/instances", dw.search_instances,
+              name="instances", allow_head=False)
+    r.add_get("/studies/{study}/series/{series}/instances/{sop}", dw.retrieve_instance,
+              name="instance", allow_head=False)
+    r.add_get("/studies/{study}/series/{series}/metadata", dw.series_metadata,
+              name="series_metadata", allow_head=False)
+    return app
