@@ -511,9 +511,16 @@ class Token:
     def probe(self) -> bool:
         """Check (blocking, a few ms) that the token still answers; updates :meth:`health`."""
         try:
-            self._run(lambda s: s.generate_random(64))
+            # C_FindObjects: every module has it (unlike C_GenerateRandom on some cards), and it
+            # fails when the session or the token is gone.
+            self._run(lambda s: _all(s.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})))
             return True
         except KeysError:
+            return False
+        except p11e.PKCS11Error as e:  # unexpected answer: report it, keep watching
+            with self._lock:
+                self._drop_session()
+                self._set_state(False, "error", type(e).__name__)
             return False
 
     def health(self) -> Health:
