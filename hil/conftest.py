@@ -34,9 +34,9 @@ def real_token() -> RealToken:
     module = os.environ.get("DRIMBOX_HIL_MODULE")
     if not module or not Path(module).is_file():
         pytest.skip("no real token: set DRIMBOX_HIL_MODULE (and _TOKEN, _PIN_FILE, _KEY)")
-    import pkcs11
+    from appliance.keys import module as p11module
 
-    lib = pkcs11.lib(module)
+    lib = p11module.load(module)
     slots = lib.get_slots(token_present=False)
     if not slots:
         pytest.skip(f"no reader seen by {module}")

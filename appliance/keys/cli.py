@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from appliance import config as config_mod
 
 from . import certs, softhsm
+from . import module as p11module
 from .csr import make_csr, parse_subject
 from .errors import CertificateRefused, KeysError
 from .token import Token
@@ -131,7 +132,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     try:
         lib = tok._lib
-        print(f"library: {lib.manufacturer_id} / {lib.library_description}")
+        print(f"library: {p11module.describe(str(h.module))}")
         with tok._lock:
             for slot in lib.get_slots(token_present=True):
                 label = slot.get_token().label

@@ -34,6 +34,7 @@ from pkcs11.util.ec import (
 
 from appliance.component import Health
 
+from . import module as p11module
 from . import provider, softhsm
 from .errors import KeyNotFound, KeysError, ModuleError, PinError, PinFileError, TokenAbsent
 
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+# Logged-in sessions kept open because pkcs11-provider shares their login (see _drop_session).
+_KEPT_LOGGED_IN: dict[tuple[str, str], Any] = {}
 
 #: algorithm name -> (mechanism, mechanism parameter). The token hashes the data.
 ALGORITHMS: dict[str, tuple[Mechanism, Any]] = {
@@ -168,18 +172,7 @@ class Token:
         if self._lib is None:
             if not Path(self.module).is_file():
                 raise ModuleError(f"PKCS#11 module {self.module} not found (hsm.module)")
-            try:
-                self._lib = pkcs11.lib(self.module)
-            except p11e.PKCS11Error as e:
-                if "already initialized" in str(e):
-                    raise ModuleError(
-                        f"{self.module} was initialised by another component of this process "
-                        "(pkcs11-provider) before python-pkcs11; call provider.activate() "
-                        "(it loads python-pkcs11 first) instead of setting OPENSSL_CONF by hand"
-                    ) from None
-                raise ModuleError(f"cannot load PKCS#11 module {self.module}: {e}") from None
-            except (RuntimeError, OSError) as e:
-                raise ModuleError(f"cannot load PKCS#11 module {self.module}: {e}") from None
+            self._lib = p11module.load(self.module)
         return self._lib
 
     def _find_token(self, lib: Any) -> Any:
@@ -203,7 +196,7 @@ class Token:
             raise TokenAbsent(f"token {self.token_label!r} not present in {self.module}")
         self._last_reinit = now
         try:
-            lib.reinitialize()
+            p11module.reinitialize(self.module)
             return lib.get_token(token_label=self.token_label)
         except p11e.NoSuchToken:
             raise TokenAbsent(f"token {self.token_label!r} not present in {self.module}") from None
@@ -262,12 +255,20 @@ class Token:
 
     def _drop_session(self) -> None:
         self._keys.clear()
-        if self._session is not None:
-            try:
-                self._session.close()
-            except p11e.PKCS11Error:
-                pass  # already gone with the token
-            self._session = None
+        s, self._session = self._session, None
+        if s is None:
+            return
+        if s.user_type == pkcs11.UserType.USER and provider.shares_login(self.module,
+                                                                         self.token_label):
+            # python-pkcs11 logs out on close, and PKCS#11 login belongs to the process: the
+            # sessions pkcs11-provider holds on this token would lose it and its next key load
+            # fails ("PEM lib", measured). Keep this logged-in session open instead.
+            _KEPT_LOGGED_IN[(self.module, self.token_label)] = s
+            return
+        try:
+            s.close()
+        except p11e.PKCS11Error:
+            pass  # already gone with the token
 
     def _set_state(self, present: bool, status: str, error: str = "") -> None:
         if (present, status) != (self._state.present, self._state.status):

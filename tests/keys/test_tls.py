@@ -331,3 +331,49 @@ async def test_box_https_context_from_config(tls_pki: TestPki, tmp_path: Path) -
     no_cert = parse(text.replace(f'cert_file = "{b.server_cert}"\n', ""))
     with pytest.raises(KeysError, match="http.cert_file"):
         tls.box_server_context(no_cert)
+
+
+async def test_signatures_and_handshakes_share_the_token(tls_pki: TestPki) -> None:
+    """The daemon signs (python-pkcs11) while TLS handshakes (pkcs11-provider) use the same
+    module and token: both must keep working side by side."""
+    import asyncio
+    import threading
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    pki = tls_pki
+    a = pki.structures[0]
+    server = tls.server_context(pki.hsm_config(0), "server", a.server_cert, client_ca=pki.bundle)
+    runner, port = await _serve(server)
+    errors: list[BaseException] = []
+    tok = pki.token(0)
+    tok.open()
+    pub = tok.certificate("sign").public_key()
+
+    def signer() -> None:
+        try:
+            for i in range(60):
+                d = str(i).encode()
+                pub.verify(tok.sign("sign", d), d, padding.PKCS1v15(), hashes.SHA256())
+        except BaseException as e:  # noqa: BLE001 — reported below
+            errors.append(e)
+
+    t = threading.Thread(target=signer)
+    t.start()
+    try:
+        client = tls.client_context(pki.hsm_config(0), "auth", a.auth_cert, pki.bundle)
+
+        async def one() -> str:
+            conn = aiohttp.TCPConnector(force_close=True)  # a new handshake every time
+            async with aiohttp.ClientSession(connector=conn) as s:
+                async with s.get(f"https://localhost:{port}/whoami", ssl=client) as r:
+                    return (await r.json())["ou"]
+
+        results = await asyncio.gather(*(one() for _ in range(20)))
+        assert results == [a.structure_id] * 20
+    finally:
+        t.join(60)
+        tok.close()
+        await runner.cleanup()
+    assert errors == []

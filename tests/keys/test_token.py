@@ -87,7 +87,9 @@ def test_keys_are_sensitive_and_never_extractable(pki: TestPki, pkcs11_tool: str
     from pkcs11 import Attribute, KeyType, ObjectClass
     from pkcs11 import exceptions as p11e
 
-    tok = pkcs11.lib(str(pki.module)).get_token(token_label=pki.token_label)
+    from appliance.keys import module as p11module
+
+    tok = p11module.load(str(pki.module)).get_token(token_label=pki.token_label)
     try:
         s = tok.open(rw=True, user_pin=pki.pin_file.read_text())
     except p11e.UserAlreadyLoggedIn:  # this process already logged in (login is per process)
