@@ -62,7 +62,7 @@ def load(path: str) -> Any:
         try:
             # __new__ runs python-pkcs11's loader (dlopen + C_GetFunctionList) but not its
             # __init__, which would call C_Initialize(NULL) again and fail.
-            lib = _pkcs11.lib.__new__(_pkcs11.lib, path)
+            lib = _pkcs11.lib.__new__(_pkcs11.lib, path)  # type: ignore[call-arg]
         except PKCS11Error as e:
             raise ModuleError(f"cannot load PKCS#11 module {path}: {e}") from None
         _libs[path], _dl[path] = lib, dl

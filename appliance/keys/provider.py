@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import glob
+import hashlib
 import os
 import stat
 import tempfile
@@ -180,8 +181,10 @@ def write_key_file(token_label: str, key_label: str, pin_file: str | Path | None
     """The URI-PEM "key file" for ``SSLContext.load_cert_chain`` (mode 0600)."""
     d = (directory or runtime_dir()) / "keys"
     d.mkdir(mode=0o700, exist_ok=True)
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{token_label}-{key_label}")
-    p = d / f"{safe}.key.pem"
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_"
+                   for ch in f"{token_label}-{key_label}")
+    tag = hashlib.sha256(f"{token_label}\0{key_label}".encode()).hexdigest()[:8]  # no collisions
+    p = d / f"{safe}-{tag}.key.pem"
     _write_private(p, uri_pem(key_uri(token_label, key_label, pin_file)))
     _tokens_in_use.add(token_label)
     return p

@@ -65,7 +65,8 @@ _GONE: tuple[type[Exception], ...] = (
 
 
 def read_pin(pin_file: Path) -> str:
-    """The PIN from its file (a systemd credential in production). Refuses a file others can read."""
+    """The PIN from its file (a systemd credential in production). Refuses a file that other
+    users can read."""
     try:
         st = pin_file.stat()
         raw = pin_file.read_bytes()
@@ -223,8 +224,8 @@ class Token:
         if ident != self._pin_identity:  # a new PIN file: a new budget of attempts
             self._pin_identity, self._failed_logins = ident, 0
         if self._failed_logins >= self.max_pin_attempts:
-            raise PinError(f"the PIN was refused {self._failed_logins} time(s); not trying again so "
-                           f"as not to lock the token. Fix {self.pin_file}, then retry")
+            raise PinError(f"the PIN was refused {self._failed_logins} time(s); not trying again "
+                           f"so as not to lock the token. Fix {self.pin_file}, then retry")
         flags = TokenFlag(tok.flags)
         if flags & TokenFlag.USER_PIN_LOCKED:
             raise PinError(f"the user PIN of token {self.token_label!r} is locked; unblock it with "
@@ -242,7 +243,8 @@ class Token:
         except p11e.PinLocked:
             raise PinError(f"the user PIN of token {self.token_label!r} is locked") from None
         except p11e.PinExpired:
-            raise PinError(f"the PIN of token {self.token_label!r} has expired; change it") from None
+            raise PinError(f"the PIN of token {self.token_label!r} has expired; change it"
+                           ) from None
         except p11e.UserAlreadyLoggedIn:
             # Another session of this process (another Token on the same card) already logged in:
             # the login state is per application, so this session is usable.

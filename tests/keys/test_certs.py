@@ -91,7 +91,8 @@ def test_matches_key(pki: TestPki) -> None:
 
 # -- fuzzing ------------------------------------------------------------------------------------
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=64))
 def test_fuzz_pin_file(tmp_path: Path, data: bytes) -> None:
     p = tmp_path / "pin"
@@ -123,7 +124,8 @@ def test_uri_pem_roundtrip(token: str, label: str) -> None:
     assert ";" not in uri.split("object=")[1].split(";")[0]  # labels cannot inject attributes
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=400))
 def test_fuzz_certificate_bundle(tmp_path: Path, data: bytes) -> None:
     p = tmp_path / "bundle.pem"

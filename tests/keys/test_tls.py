@@ -184,7 +184,7 @@ def test_openssl_s_client_against_token_server(tls_pki: TestPki, port_factory) -
                            env={**os.environ, "OPENSSL_CONF": str(conf)})
         out = r.stdout.decode(errors="replace")
         assert "Verify return code: 0 (ok)" in out, out + r.stderr.decode(errors="replace")
-        assert f"\"ou\": \"{pki.structures[0].structure_id}\"" in out, out[-3000:] + r.stderr.decode(errors="replace")[-2000:]
+        assert f'"ou": "{pki.structures[0].structure_id}"' in out, out[-3000:]
     finally:
         loop.call_soon_threadsafe(loop.stop)
         t.join(30)

@@ -83,7 +83,6 @@ def test_keys_are_sensitive_and_never_extractable(pki: TestPki, pkcs11_tool: str
     assert priv.stdout == b""  # no key material comes out (pkcs11-tool exits 0 with a notice)
     # The export attempts a real attacker with the PIN would make, through PKCS#11 itself:
     # read the private exponent, or wrap the key under a key of one's own.
-    import pkcs11
     from pkcs11 import Attribute, KeyType, ObjectClass
     from pkcs11 import exceptions as p11e
 
