@@ -17,6 +17,7 @@ from cryptography import x509
 
 from . import certs, provider
 from .errors import CertificateRefused, KeysError
+from .token import Token
 
 
 def _check_cert(hsm_cfg: Any, cert_file: str | Path, use: str) -> None:
@@ -30,8 +31,6 @@ def _check_cert(hsm_cfg: Any, cert_file: str | Path, use: str) -> None:
 
 def _diagnose(hsm_cfg: Any, key_label: str, err: Exception) -> KeysError:
     """Turn OpenSSL's terse error ("PEM lib", "key values mismatch") into what is wrong."""
-    from .token import Token  # local: only needed on failure
-
     try:
         with Token.from_config(hsm_cfg) as tok:
             tok.public_key(key_label)
@@ -42,7 +41,24 @@ def _diagnose(hsm_cfg: Any, key_label: str, err: Exception) -> KeysError:
     return KeysError(f"OpenSSL refused token key {key_label!r}: {err}")
 
 
+# One logged-in python-pkcs11 session per token used for TLS, open for the life of the process.
+# SoftHSM invalidates every object handle of a token when its last session closes, and
+# pkcs11-provider 1.0 keeps key handles across its own sessions: its next C_SignInit then fails
+# with CKR_OBJECT_HANDLE_INVALID and the handshake is reset (measured, intermittent). A session
+# that never closes also keeps the process's login, which the provider relies on.
+_keepers: dict[tuple[str, str], Token] = {}
+
+
+def _keep_open(hsm_cfg: Any) -> None:
+    key = (str(hsm_cfg.module), hsm_cfg.token_label)
+    if key not in _keepers:
+        tok = Token.from_config(hsm_cfg)
+        tok.open()  # raises TokenAbsent / PinError / ... with a clear message
+        _keepers[key] = tok
+
+
 def _load(ctx: ssl.SSLContext, hsm_cfg: Any, key_label: str, cert_file: str | Path) -> None:
+    _keep_open(hsm_cfg)
     key_file = provider.write_key_file(hsm_cfg.token_label, key_label, hsm_cfg.pin_file)
     try:
         ctx.load_cert_chain(str(cert_file), str(key_file))
