@@ -1,10 +1,13 @@
 """The composition root: which components a box runs, built from its configuration.
 
 Roles and components never construct each other; everything is wired here, once. Start order is
-list order (store first, HTTP last, so /healthz answers only when the rest is up).
+list order: state first, then keys, the DICOM node and PACS link, the DMP link, the source role
+(outbox, IOCM, HL7 intake), and HTTP last, so /healthz answers only when the rest is up.
 """
 
 from __future__ import annotations
+
+import ssl
 
 from aiohttp import web
 
@@ -23,9 +26,40 @@ from appliance.web.server import HttpServer, make_app
 def build(config: Config) -> Daemon:
     store = Store(config)
     pacs = PacsLink(config, store)
-    components: list[Component] = [StoreComponent(store), DicomNode(config, store), pacs]
+    components: list[Component] = [StoreComponent(store)]
+    keys = None
+    if config.hsm.enabled:
+        from appliance.keys import KeysComponent
+
+        keys = KeysComponent(config.hsm, cert_dir=config.box.data_dir / "certs")
+        components.append(keys)
+    components += [DicomNode(config, store), pacs]
+
+    outbox = None
+    if config.roles.source:
+        from appliance.dmp.link import DmpLink
+        from appliance.hl7.mllp import MllpServer
+        from appliance.source.intake import ReportIntake
+        from appliance.source.iocm import IocmWatcher
+        from appliance.source.outbox import Outbox
+        from appliance.source.publisher import Publisher
+
+        if keys is None or not config.dmp.enabled:
+            raise SystemExit("roles.source needs hsm.enabled and dmp.enabled: the source role "
+                             "signs and publishes with the structure's token keys")
+        dmp = DmpLink(config, keys)
+        publisher = Publisher(config, store.db_lazy, pacs, dmp,
+                              image_retry_max=config.source.image_retry_max, store=store)
+        outbox = Outbox(store.db_lazy, {"report": publisher.report, "iocm": publisher.iocm})
+        intake = ReportIntake(store.db_lazy, config.source.image_wait, outbox.wake)
+        hl7 = MllpServer(config.hl7.bind, config.hl7.port, intake.handle,
+                         max_message_bytes=config.hl7.max_message_bytes,
+                         idle_timeout=config.hl7.idle_timeout,
+                         check_accession=config.source.check_accession)
+        components += [dmp, outbox, IocmWatcher(store, outbox.wake), hl7]
+
     subapps: dict[str, web.Application] = {
-        "/api/admin": admin.make_app(config, store, pacs),
+        "/api/admin": admin.make_app(config, store, pacs, outbox),
         "/dicom-web": dicomweb.make_app(store),
     }
     daemon = Daemon(config, components)
@@ -34,8 +68,18 @@ def build(config: Config) -> Daemon:
     return daemon
 
 
-def _server_tls(config: Config):  # type: ignore[no-untyped-def]
+def _server_tls(config: Config) -> ssl.SSLContext | None:
+    """The HTTPS context: server certificate from the config (or the token), key on the token."""
     if not config.http.tls:
         return None
-    raise SystemExit("http.tls = true needs the keys layer (server key on the token); "
-                     "set http.tls = false for local development")
+    from appliance.keys import Token, certs, tls
+    from appliance.keys.chain import chain_for, write_chain
+
+    cert_file = config.http.cert_file
+    if cert_file is None:
+        with Token.from_config(config.hsm, cert_dir=config.box.data_dir / "certs") as token:
+            leaf = token.certificate(config.http.server_key_label)
+        cert_file = write_chain(config.runtime_dir / "server-chain.pem",
+                                chain_for(leaf, certs.load_pem_certificates(
+                                    config.hsm.trust_anchors)))
+    return tls.server_context(config.hsm, config.http.server_key_label, cert_file)

@@ -175,6 +175,26 @@ class DmpConfig:
     # Added keys.
     enabled: bool = True
     timeout: float = field(default=30.0, metadata=_check(_positive))
+    # Added by the DMP connector: this software's identifiers at the DMP (VIHF LPS_* attributes),
+    # the XDS sourceId OID, signature algorithms (the ANS samples use SHA-1) and an answer size cap.
+    lps_id: str = field(default="OPEN-DRIMBOX", metadata=_check(_non_empty))
+    lps_name: str = field(default="Open DRIMbox", metadata=_check(_non_empty))
+    lps_version: str = field(default="0.1.0", metadata=_check(_non_empty))
+    lps_homologation: str = field(default="HOMOLOGATION-TEST", metadata=_check(_non_empty))
+    source_id: str = field(default="1.2.250.1.999.1.1.8121", metadata=_check(_non_empty))
+    signature_algorithm: str = field(default="rsa-sha256",
+                                     metadata=_check(_one_of("rsa-sha256", "rsa-sha1")))
+    digest_algorithm: str = field(default="sha256", metadata=_check(_one_of("sha256", "sha1")))
+    max_response_bytes: int = field(default=64 * 1024 * 1024, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Added section: the source role's publication rules."""
+
+    image_wait: float = field(default=24 * 3600.0, metadata=_check(_positive))  # seconds
+    image_retry_max: float = field(default=900.0, metadata=_check(_positive))
+    check_accession: bool = False  # also compare OBR-18 with the CDA accession (ANS samples differ)
 
 
 @dataclass(frozen=True)
@@ -183,6 +203,9 @@ class StoreConfig:
 
     max_bytes: int = field(default=50 * 1024**3, metadata=_check(_positive))
     min_free_bytes: int = field(default=512 * 1024**2, metadata=_check(_non_negative))
+    # fsync each instance (file and directory) before the C-STORE success: an acknowledged
+    # instance survives a power cut. False trades that for speed (Orthanc's default behaviour).
+    fsync: bool = True
 
 
 @dataclass(frozen=True)
@@ -196,6 +219,7 @@ class Config:
     hsm: HsmConfig
     dmp: DmpConfig
     store: StoreConfig = StoreConfig()
+    source: SourceConfig = SourceConfig()
     path: Path | None = None
 
     @property
@@ -221,8 +245,9 @@ _SECTIONS: dict[str, type] = {
     "hsm": HsmConfig,
     "dmp": DmpConfig,
     "store": StoreConfig,
+    "source": SourceConfig,
 }
-_OPTIONAL_SECTIONS = {"store"}
+_OPTIONAL_SECTIONS = {"store", "source"}
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
                Path: "a file path (string)"}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +32,14 @@ def conformance_dir() -> Path:
     return p
 
 
+def dicom_only(config_text: str) -> str:
+    """A box configuration without the roles that need a token and the DMP (foundation tests)."""
+    return (config_text.replace("source = true", "source = false")
+            .replace("consumer = true", "consumer = false")
+            .replace("[hsm]\n", "[hsm]\nenabled = false\n")
+            .replace("[dmp]\n", "[dmp]\nenabled = false\n"))
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (tests run in parallel with other services)."""
     with socket.socket() as s:
@@ -40,3 +50,17 @@ def free_port() -> int:
 @pytest.fixture
 def port_factory():
     return free_port
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The IGC-Santé-shaped test PKI (``appliance.keys.testpki``), leaf keys on SoftHSM; one per
+    test process, shared by every area, because SoftHSM reads SOFTHSM2_CONF only once."""
+    import shutil
+
+    from appliance.keys import softhsm
+    from appliance.keys.testpki import make_test_pki
+
+    if softhsm.module_path() is None or shutil.which("softhsm2-util") is None:
+        pytest.skip("SoftHSM2 not installed (Debian package softhsm2)")
+    yield make_test_pki(tmp_path_factory.mktemp("pki"), spares=["drimbox-test-pin"])

@@ -116,9 +116,21 @@ def ingest_status(store: Store, event: evt.Event) -> int | Dataset:
     return SUCCESS
 
 
-def set_nodelay(event: evt.Event) -> None:
-    """Nagle plus delayed ACK stalls every DIMSE exchange by ~40 ms; turn it off on each socket."""
-    sock = event.assoc.dul.socket
+#: pynetdicom's DUL thread sleeps this long whenever it finds nothing to do (its default is 1 ms).
+#: Ingest is latency-bound, not CPU-bound: each instance waits several such naps between PDUs
+#: and around the response. 0.2 ms measured ~1.3-1.8x faster on 300-slice CT for the same CPU;
+#: the cost is about 5 % of a core more per association that sits idle (measured), until
+#: network_timeout ends it.
+DUL_POLL_SECONDS = 0.0002
+
+
+def tune_association(event: evt.Event) -> None:
+    """On each new connection: TCP_NODELAY (Nagle plus delayed ACK stalls every DIMSE exchange
+    by ~40 ms) and a shorter DUL poll interval."""
+    dul = event.assoc.dul
+    if hasattr(dul, "_run_loop_delay"):  # private in pynetdicom 3.0; harmless if it goes away
+        dul._run_loop_delay = DUL_POLL_SECONDS
+    sock = dul.socket
     if sock is not None and sock.socket is not None:
         try:
             sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -173,7 +185,7 @@ class DicomNode:
         cfg = self._config.dicom
         ae = self._make_ae()
         handlers: list[Any] = [
-            (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_CONN_OPEN, tune_association),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_REJECTED, self._on_rejected),

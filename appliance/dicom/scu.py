@@ -12,16 +12,17 @@ not carry DICOM wildcards, so a caller can never turn "fetch this study" into "f
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydicom import Dataset
-from pydicom.uid import UID
+from pydicom.multival import MultiValue
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
@@ -34,9 +35,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from appliance.component import Health
 from appliance.config import Config
-from appliance.store import Store, StoredInstance
+from appliance.store import Store, StoredInstance, valid_uid
 
-from .scp import STORAGE_SOP_CLASSES, STORAGE_TRANSFER_SYNTAXES, ingest_status, set_nodelay
+from .scp import STORAGE_SOP_CLASSES, STORAGE_TRANSFER_SYNTAXES, ingest_status, tune_association
 
 log = logging.getLogger("appliance.dicom.pacs")
 
@@ -110,7 +111,7 @@ class RetrieveSummary:
 
 def check_uid(value: str, what: str) -> str:
     """A query UID: digits and dots only (no wildcard, no list), at most 64 characters."""
-    if not isinstance(value, str) or not UID(value).is_valid:
+    if not isinstance(value, str) or not valid_uid(value):
         raise ValueError(f"{what}: not a valid DICOM UID")
     return value
 
@@ -126,16 +127,16 @@ def _text(ds: Dataset, keyword: str) -> str:
     v = ds.get(keyword)
     if v is None or v == "":
         return ""
-    if isinstance(v, (list, tuple)) or getattr(v, "VM", 1) > 1:
+    if isinstance(v, (list, tuple, MultiValue)):
         return "\\".join(str(x) for x in v)
     return str(v)
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
-    try:
+    try:  # pydicom converts IS on access: "x" raises ValueError, "INF" OverflowError
         v = ds.get(keyword)
         return None if v is None or v == "" else int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -146,9 +147,23 @@ def _multi(ds: Dataset, keyword: str) -> tuple[str, ...]:
     if isinstance(v, str):
         return tuple(x for x in v.split("\\") if x)
     try:
-        return tuple(str(x) for x in v)
+        return tuple(str(x) for x in v if str(x))
     except TypeError:
         return (str(v),)
+
+
+def study_match(d: Dataset) -> StudyMatch:
+    """A STUDY-level C-FIND response as typed values (tolerant: a bad number becomes None)."""
+    return StudyMatch(
+        study_uid=_text(d, "StudyInstanceUID"), accession_number=_text(d, "AccessionNumber"),
+        study_date=_text(d, "StudyDate"), study_time=_text(d, "StudyTime"),
+        study_description=_text(d, "StudyDescription"),
+        modalities=_multi(d, "ModalitiesInStudy"),
+        num_series=_int(d, "NumberOfStudyRelatedSeries"),
+        num_instances=_int(d, "NumberOfStudyRelatedInstances"),
+        patient_id=_text(d, "PatientID"), issuer_of_patient_id=_text(d, "IssuerOfPatientID"),
+        patient_name=_text(d, "PatientName"), patient_birth_date=_text(d, "PatientBirthDate"),
+        patient_sex=_text(d, "PatientSex"))
 
 
 def _identifier(level: str, keys: dict[str, str]) -> Dataset:
@@ -184,8 +199,12 @@ class _Abortable:
     def abort(self) -> None:
         with self._lock:
             self.cancelled = True
-            if self._assoc is not None and self._assoc.is_alive():
+            if self._assoc is not None:
                 self._assoc.abort()
+                # A local abort does not wake a thread blocked on the next DIMSE response (it
+                # would sit out the DIMSE timeout); (None, None) is what pynetdicom queues when
+                # the peer aborts, so the worker sees "no response" at once.
+                self._assoc.dimse.msg_queue.put((None, None))
 
 
 class Retrieval(AsyncIterator[StoredInstance]):
@@ -261,25 +280,15 @@ class PacsLink:
         if study_uid is None and accession is None and patient_id is None:
             raise ValueError("find_studies needs study_uid, accession or patient_id")
         keys = {
-            "StudyInstanceUID": check_uid(study_uid, "study_uid") if study_uid else "",
-            "AccessionNumber": check_accession(accession) if accession else "",
-            "PatientID": self._check_patient_id(patient_id) if patient_id else "",
+            "StudyInstanceUID": "" if study_uid is None else check_uid(study_uid, "study_uid"),
+            "AccessionNumber": "" if accession is None else check_accession(accession),
+            "PatientID": "" if patient_id is None else self._check_patient_id(patient_id),
             "IssuerOfPatientID": "", "PatientName": "", "PatientBirthDate": "", "PatientSex": "",
             "StudyDate": "", "StudyTime": "", "StudyDescription": "", "ModalitiesInStudy": "",
             "NumberOfStudyRelatedSeries": "", "NumberOfStudyRelatedInstances": "",
         }
         found = await self._find(_identifier("STUDY", keys))
-        return [StudyMatch(
-            study_uid=_text(d, "StudyInstanceUID"), accession_number=_text(d, "AccessionNumber"),
-            study_date=_text(d, "StudyDate"), study_time=_text(d, "StudyTime"),
-            study_description=_text(d, "StudyDescription"),
-            modalities=_multi(d, "ModalitiesInStudy"),
-            num_series=_int(d, "NumberOfStudyRelatedSeries"),
-            num_instances=_int(d, "NumberOfStudyRelatedInstances"),
-            patient_id=_text(d, "PatientID"), issuer_of_patient_id=_text(d, "IssuerOfPatientID"),
-            patient_name=_text(d, "PatientName"), patient_birth_date=_text(d, "PatientBirthDate"),
-            patient_sex=_text(d, "PatientSex"),
-        ) for d in found if _text(d, "StudyInstanceUID")]
+        return [study_match(d) for d in found if _text(d, "StudyInstanceUID")]
 
     async def find_series(self, study_uid: str) -> list[SeriesMatch]:
         """C-FIND at SERIES level within one study."""
@@ -296,7 +305,7 @@ class PacsLink:
         check_uid(study_uid, "study_uid")
         if series_uid is not None:
             check_uid(series_uid, "series_uid")
-        series = [series_uid] if series_uid else [s.series_uid for s in
+        series = [series_uid] if series_uid is not None else [s.series_uid for s in
                                                   await self.find_series(study_uid)]
         out: list[InstanceMatch] = []
         for se in series:
@@ -311,7 +320,10 @@ class PacsLink:
         return out
 
     def retrieve_study(self, study_uid: str) -> Retrieval:
-        """Fetch a whole study into the store (``pacs.retrieve``: C-MOVE to the box or C-GET)."""
+        """Fetch a whole study into the store (``pacs.retrieve``: C-MOVE to the box or C-GET).
+
+        With C-MOVE the PACS sends to the box's own AE, so the :class:`DicomNode` of this
+        process must be running on the same store (and the PACS must know the box's AE)."""
         return Retrieval(self, check_uid(study_uid, "study_uid"), None)
 
     def retrieve_series(self, study_uid: str, series_uid: str) -> Retrieval:
@@ -349,7 +361,7 @@ class PacsLink:
         ae = self._ae(timeout or pacs.timeout)
         ae.requested_contexts = contexts
         assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title, ext_neg=roles or None,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)] + (handlers or []))
+                             evt_handlers=[(evt.EVT_CONN_OPEN, tune_association)] + (handlers or []))
         if not assoc.is_established:
             why = ("rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted
                    else "no answer")
@@ -423,7 +435,7 @@ class PacsLink:
 
         return await self._run(work, self._config.pacs.timeout)
 
-    async def _retrieve(self, r: Retrieval) -> AsyncIterator[StoredInstance]:
+    async def _retrieve(self, r: Retrieval) -> AsyncGenerator[StoredInstance, None]:
         """The body of :class:`Retrieval`: start the worker, yield stored events until it ends."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -468,7 +480,13 @@ class PacsLink:
                 if item.sop_uid not in seen:  # a retried C-MOVE may resend what we already have
                     seen.add(item.sop_uid)
                     yield item
-            final = task.result()  # raises PacsError / PacsUnavailable
+            try:
+                final = task.result()
+            except PacsError as e:  # say what did arrive before the failure
+                if e.summary is not None:
+                    e.summary = dataclasses.replace(e.summary, received=len(seen))
+                    r.summary = e.summary
+                raise
             r.summary = RetrieveSummary(final.status, final.completed, final.failed,
                                         final.warning, len(seen), final.failed_sop_uids)
             log.info("retrieve finished", extra={"completed": final.completed,

@@ -41,7 +41,9 @@ class MediaRange:
 
 def _split(header: str) -> list[str]:
     """Split on commas that are not inside a quoted string."""
-    out, cur, quoted, escaped = [], [], False, False
+    out: list[str] = []
+    cur: list[str] = []
+    quoted = escaped = False
     for c in header:
         if escaped:
             escaped = False

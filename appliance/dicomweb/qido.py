@@ -14,8 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import sqlite3
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
@@ -189,7 +190,8 @@ def _glob(pattern: str, case_insensitive: bool) -> str:
 
 
 def _values(value: str) -> list[str]:
-    return [v for v in re.split(r"[\\,]", value)]
+    """A value list: DICOM's backslash or the comma QIDO-RS also allows (PS3.18 §8.3.4.1)."""
+    return re.split(r"[\\,]", value)
 
 
 def _text_condition(column: str, name: str, value: str, case_insensitive: bool) -> Condition:
@@ -360,7 +362,7 @@ def _element(vr: str, value: Any) -> dict[str, Any]:
     return {"vr": vr, "Value": str(value).split("\\")}
 
 
-def _retrieve_url(level: Level, base: str, row: Mapping[str, Any]) -> str:
+def _retrieve_url(level: Level, base: str, row: sqlite3.Row) -> str:
     url = f"{base}/studies/{row['_study']}"
     if level in ("series", "instance"):
         url += f"/series/{row['_series']}"
@@ -373,8 +375,7 @@ def _retrieve_url(level: Level, base: str, row: Mapping[str, Any]) -> str:
 class Result:
     items: list[dict[str, Any]]
     truncated: bool          # more matches than the server's maximum: a Warning is due
-    patient_ids: frozenset[str]
-    study_uids: frozenset[str]
+    touched: dict[str, set[str]]   # patient ID -> the study UIDs of theirs in the answer
 
 
 def search(db: Database, query: Query, base: str, scope: Sequence[str] = (),
@@ -433,8 +434,10 @@ def search(db: Database, query: Query, base: str, scope: Sequence[str] = (),
             if e is not None and _plain(e):
                 item[tag] = e
         items.append(dict(sorted(item.items())))
-    return Result(items, truncated, frozenset(r["_patient"] for r in rows),
-                  frozenset(r["_study"] for r in rows))
+    touched: dict[str, set[str]] = {}
+    for r in rows:
+        touched.setdefault(r["_patient"], set()).add(r["_study"])
+    return Result(items, truncated, touched)
 
 
 def _plain(element: dict[str, Any]) -> bool:

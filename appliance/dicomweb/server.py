@@ -4,9 +4,11 @@
 
     app.add_subapp("/dicom-web", make_app(store))
 
-Every answer that carries patient data first writes an audit event (fail closed: no audit row,
-no data). CORS is denied unless the origin is on the allow-list given to :func:`make_app`.
-Blocking work (SQLite, file reads, gzip) runs in the loop's default executor.
+Every answer that carries patient data first queues an audit event (fail closed: when the audit
+trail cannot be written, no data is served; see :class:`appliance.audit.AuditWriter`). CORS is
+denied unless the origin is on the allow-list given to :func:`make_app`. Answers are never
+cacheable by shared caches. Blocking work (SQLite, file opens and reads, gzip) runs in the loop's
+default executor; instance bytes go out by sendfile(2) where the transport allows it.
 """
 
 from __future__ import annotations
@@ -19,23 +21,33 @@ import os
 import re
 import time
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable, Collection, TypeVar
+from typing import Any, Awaitable, BinaryIO, Callable, Collection, TypeVar
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from appliance import audit
-from appliance.logs import correlation_id, new_correlation_id
+from appliance.audit import AuditUnavailable, AuditWriter
+from appliance.logs import new_correlation_id
 from appliance.store import BASE, Store, valid_uid
 
 from . import multipart, qido
-from .accept import BadHeader, NotAcceptable, accepts_gzip, accepts_json, choose_instance
+from .accept import (
+    BadHeader,
+    NotAcceptable,
+    accepts_gzip,
+    accepts_json,
+    choose_instance,
+    parse_accept,
+)
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+# Same switch as aiohttp's FileResponse: AIOHTTP_NOSENDFILE=1 forces plain reads.
+USE_SENDFILE = not os.environ.get("AIOHTTP_NOSENDFILE")
 DICOM_JSON = "application/dicom+json"
 STORE_KEY = web.AppKey("dicomweb_store", Store)
+AUDIT_KEY = web.AppKey("dicomweb_audit", AuditWriter)
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
 # Headers a browser may send on a cross-origin DICOMweb request.
 _CORS_REQUEST_HEADERS = "Accept, Accept-Encoding, Authorization, Content-Type, KOS-SOPInstanceUID"
@@ -93,8 +105,9 @@ class DicomWeb:
 
     def __init__(self, store: Store, *, allow_origin: OriginPolicy, base_url: str | None,
                  actor: Callable[[web.Request], str], max_results: int,
-                 metadata_cache_bytes: int) -> None:
+                 metadata_cache_bytes: int, audit: AuditWriter) -> None:
         self.store = store
+        self.audit = audit
         self.allow_origin = allow_origin
         self.base_url = base_url.rstrip("/") if base_url else None
         self.actor = actor
@@ -118,13 +131,13 @@ class DicomWeb:
 
     async def _audit(self, request: web.Request, action: str, *, patient_id: str = "",
                      study_uid: str = "", detail: str = "") -> None:
-        actor, cid = self.actor(request), correlation_id.get()  # contextvars stay on the loop
+        """Queue the audit event before any patient data leaves; 503 if the trail is down."""
         try:
-            await self._run(lambda: audit.record(
-                self.store.db, actor, action, "http", patient_id=patient_id,
-                study_uid=study_uid, detail=detail, correlation=cid))
-        except Exception:
-            log.exception("audit write failed; refusing to serve patient data")
+            self.audit.record(self.actor(request), action, "http", patient_id=patient_id,
+                              study_uid=study_uid, detail=detail)
+            if self.audit.flush_interval <= 0:
+                await self.audit.flush()
+        except AuditUnavailable:
             raise web.HTTPServiceUnavailable(text="audit trail unavailable\n") from None
 
     @staticmethod
@@ -165,13 +178,12 @@ class DicomWeb:
         if result is None:
             raise web.HTTPNotFound(text=("series" if len(scope) == 2 else "study")
                                    + " not found\n")
-        if result.items:
-            one = lambda s: next(iter(s)) if len(s) == 1 else ""  # noqa: E731
-            await self._audit(request, "dicomweb.search",
-                              patient_id=one(result.patient_ids), study_uid=one(result.study_uids),
-                              detail=f"{level} level, {len(result.items)} results, "
-                                     f"{len(result.study_uids)} studies, "
-                                     f"{len(result.patient_ids)} patients; "
+        # One audit event per patient whose data the answer shows (the study when only one).
+        for patient_id, study_uids in sorted(result.touched.items()):
+            await self._audit(request, "dicomweb.search", patient_id=patient_id,
+                              study_uid=next(iter(study_uids)) if len(study_uids) == 1 else "",
+                              detail=f"{level} level, {len(study_uids)} studies of this patient "
+                                     f"among {len(result.items)} results; "
                                      f"keys: {qido.describe(query)}")
         body = json.dumps(result.items, separators=(",", ":"), ensure_ascii=False).encode()
         resp = web.Response(body=body, content_type=DICOM_JSON, charset="utf-8")
@@ -205,31 +217,24 @@ class DicomWeb:
         study = _uid(request, "study", "study")
         series = _uid(request, "series", "series")
         sop = _uid(request, "sop", "instance")
-        row = await self._run(
-            self.store.db.query_one,
-            "SELECT i.rel_path, i.transfer_syntax, s.patient_id FROM instances i "
-            "JOIN studies s ON s.study_uid = i.study_uid "
-            "WHERE i.sop_uid=? AND i.series_uid=? AND i.study_uid=?", (sop, series, study))
-        if row is None:
-            raise web.HTTPNotFound(text="instance not found\n")
-        syntax = str(row["transfer_syntax"])
+        accept = request.headers.get("Accept")
         try:
-            is_multipart, syntax = choose_instance(request.headers.get("Accept"), syntax)
+            parse_accept(accept)          # a malformed header is refused before any lookup
         except BadHeader as e:
             raise _bad(f"Accept: {e}") from None
-        except NotAcceptable as e:
-            raise web.HTTPNotAcceptable(text=str(e) + "\n") from None
-        path = self.store.root / row["rel_path"]
+        found = await self._run(self._open_instance, study, series, sop)
+        if found is None:
+            raise web.HTTPNotFound(text="instance not found\n")
+        f, size, stored_syntax, patient_id = found
         try:
-            f = await self._run(open, path, "rb")
-        except FileNotFoundError:  # deleted between the lookup and the open
-            raise web.HTTPNotFound(text="instance not found\n") from None
-        try:
-            size = os.fstat(f.fileno()).st_size
-            await self._audit(request, "dicomweb.retrieve", patient_id=str(row["patient_id"]),
+            try:
+                is_multipart, syntax = choose_instance(accept, stored_syntax)
+            except NotAcceptable as e:
+                raise web.HTTPNotAcceptable(text=str(e) + "\n") from None
+            await self._audit(request, "dicomweb.retrieve", patient_id=patient_id,
                               study_uid=study, detail=f"instance {sop}")
             part_type = f"application/dicom; transfer-syntax={syntax}"
-            resp = web.StreamResponse(headers={"Cache-Control": "no-store"})
+            resp = web.StreamResponse()
             if is_multipart:
                 boundary = multipart.new_boundary()
                 head = multipart.part_header(boundary, part_type, size)
@@ -243,14 +248,42 @@ class DicomWeb:
             await resp.prepare(request)
             if head:
                 await resp.write(head)
-            while chunk := await self._run(f.read, CHUNK):
-                await resp.write(chunk)
+            await self._send_file(request, resp, f, size)
             if tail:
                 await resp.write(tail)
             await resp.write_eof()
             return resp
         finally:
             f.close()
+
+    def _open_instance(self, study: str, series: str,
+                       sop: str) -> tuple[BinaryIO, int, str, str] | None:
+        """(open file, size, stored transfer syntax, patient id), or None. One executor hop."""
+        row = self.store.db.query_one(
+            "SELECT i.rel_path, i.transfer_syntax, s.patient_id FROM instances i "
+            "JOIN studies s ON s.study_uid = i.study_uid "
+            "WHERE i.sop_uid=? AND i.series_uid=? AND i.study_uid=?", (sop, series, study))
+        if row is None:
+            return None
+        try:
+            f = open(self.store.root / row["rel_path"], "rb")
+        except FileNotFoundError:  # deleted between the lookup and the open
+            return None
+        return f, os.fstat(f.fileno()).st_size, str(row["transfer_syntax"]), str(row["patient_id"])
+
+    async def _send_file(self, request: web.Request, resp: web.StreamResponse, f: BinaryIO,
+                         size: int) -> None:
+        """The file's bytes: sendfile(2) when the transport allows it (as aiohttp's
+        FileResponse does), else 256 KiB reads in the executor. Never the whole file in memory."""
+        transport = request.transport
+        if USE_SENDFILE and transport is not None:
+            try:
+                await asyncio.get_running_loop().sendfile(transport, f, 0, size)
+                return
+            except NotImplementedError:
+                f.seek(0)
+        while chunk := await self._run(f.read, CHUNK):
+            await resp.write(chunk)
 
     # -- WADO-RS series metadata ---------------------------------------------------------------------
     async def series_metadata(self, request: web.Request) -> web.StreamResponse:
@@ -269,7 +302,7 @@ class DicomWeb:
         await self._audit(request, "dicomweb.metadata",
                           patient_id=await self._run(self._patient_of, study), study_uid=study,
                           detail=f"series {series}")
-        headers = {"Vary": "Accept-Encoding", "Cache-Control": "no-store"}
+        headers = {"Vary": "Accept-Encoding"}
         if accepts_gzip(request.headers.get("Accept-Encoding")):
             headers["Content-Encoding"] = "gzip"
             body = data
@@ -286,7 +319,8 @@ def _fill_base(stored_gz: bytes, base: str) -> bytes:
 
 
 def _cors(allow_origin: OriginPolicy) -> tuple[Any, Callable[..., Awaitable[None]]]:
-    """(middleware answering preflights, hook adding CORS headers to allowed origins' answers).
+    """(middleware answering preflights, hook adding no-store/nosniff to every answer and CORS
+    headers to allowed origins' answers).
 
     The hook runs from ``on_response_prepare``, so streamed and error answers get it too.
     """
@@ -310,6 +344,9 @@ def _cors(allow_origin: OriginPolicy) -> tuple[Any, Callable[..., Awaitable[None
         })
 
     async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        # Patient data: never kept by a shared cache or re-interpreted by a browser.
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
         origin = request.headers.get("Origin")
         if request.method == "OPTIONS" or origin is None or not allow_origin(origin):
             return
@@ -370,7 +407,8 @@ def _peer(request: web.Request) -> str:
 def make_app(store: Store, *, cors_origins: Collection[str] | OriginPolicy = (),
              base_url: str | None = None, actor: Callable[[web.Request], str] = _peer,
              max_results: int = qido.DEFAULT_MAX_RESULTS,
-             metadata_cache_bytes: int = 64 * 1024 * 1024) -> web.Application:
+             metadata_cache_bytes: int = 64 * 1024 * 1024,
+             audit_flush_interval: float = 0.1) -> web.Application:
     """The DICOMweb read side over an open ``store``.
 
     ``cors_origins``: exact origins (``https://viewer.example.org``) or a predicate; default
@@ -378,14 +416,24 @@ def make_app(store: Store, *, cors_origins: Collection[str] | OriginPolicy = (),
     RetrieveURL and BulkDataURI (default: from the request's scheme, Host and mount point).
     ``actor``: who the audit trail names for a request (default: the peer address; the
     authentication layer will pass the authenticated professional).
+    ``audit_flush_interval``: audit events are committed in batches at this interval (seconds);
+    0 commits each before its data is served (one fsync per request).
     """
     allow = _origin_policy(cors_origins)
+    writer = AuditWriter(lambda: store.db, flush_interval=audit_flush_interval)
     dw = DicomWeb(store, allow_origin=allow, base_url=base_url, actor=actor,
-                  max_results=max_results, metadata_cache_bytes=metadata_cache_bytes)
-    preflight, cors_headers = _cors(allow)
+                  max_results=max_results, metadata_cache_bytes=metadata_cache_bytes,
+                  audit=writer)
+    preflight, response_headers = _cors(allow)
     app = web.Application(middlewares=[_context, preflight])
-    app.on_response_prepare.append(cors_headers)
+    app.on_response_prepare.append(response_headers)
     app[STORE_KEY] = store
+    app[AUDIT_KEY] = writer
+
+    async def flush_audit(_: web.Application) -> None:
+        await writer.aclose()
+
+    app.on_cleanup.append(flush_audit)
     r = app.router
     r.add_get("/studies", dw.search_studies, name="studies", allow_head=False)
     r.add_get("/studies/{study}/series", dw.search_series, name="series", allow_head=False)

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Callable
 
+from appliance.component import Health
 from appliance.dicom import kos as kosmod
 from appliance.source.outbox import enqueue
 from appliance.store import Store, StoredInstance
@@ -20,12 +21,25 @@ log = logging.getLogger(__name__)
 
 
 class IocmWatcher:
-    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop,
-                 wake: Callable[[], None]) -> None:
+    """Component: listens to the store for rejection notes while started."""
+
+    name = "iocm"
+
+    def __init__(self, store: Store, wake: Callable[[], None]) -> None:
         self.store = store
-        self.loop = loop
         self.wake = wake
-        store.add_listener(self.on_stored)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.notes = 0
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.store.add_listener(self.on_stored)
+
+    async def stop(self) -> None:
+        self.store.remove_listener(self.on_stored)
+
+    def health(self) -> Health:
+        return Health(self.loop is not None, "ok", {"rejection_notes": self.notes})
 
     def on_stored(self, stored: StoredInstance) -> None:
         if stored.sop_class_uid != kosmod.KOS_SOP_CLASS_UID:
@@ -59,5 +73,7 @@ class IocmWatcher:
         log.info("IOCM rejection note received", extra={"reason": note.reason.value,
                                                         "rejected": len(note.rejected_sop_instance_uids),
                                                         "purged": purged, "jobs": len(jobs)})
-        self.loop.call_soon_threadsafe(self.wake)
+        self.notes += 1
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.wake)
         return jobs

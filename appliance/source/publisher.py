@@ -86,9 +86,10 @@ class Publisher:
     """Handlers for the outbox job kinds ``report`` and ``iocm``."""
 
     def __init__(self, config: Config, db: Database, pacs: Pacs, dmp: Dmp,
-                 image_retry_max: float = 900.0) -> None:
+                 image_retry_max: float = 900.0, store: Any = None) -> None:
         self.config = config
         self.db = db
+        self.store = store
         self.pacs = pacs
         self.dmp = dmp
         self.image_retry_max = image_retry_max
@@ -97,6 +98,8 @@ class Publisher:
     async def report(self, job: Job) -> Step:
         p = job.payload
         if job.state == "received":
+            if p.get("flags", {}).get("DESTDMP") is False and p["action"] != "withdraw":
+                return Step("done", "the report is not destined to the DMP (DESTDMP=N)")
             if self._newer_report_exists(job):
                 return Step("superseded", "a newer report for this study arrived")
             if p["action"] == "withdraw":
@@ -158,15 +161,15 @@ class Publisher:
     async def _find(self, study_uid: str, p: dict[str, Any]) -> Resolved | None:
         matches = await self.pacs.find_studies(study_uid=study_uid)
         if not matches and p.get("accession"):
-            by_acc = await self.pacs.find_studies(accession=p["accession"])
-            if len(by_acc) > 1:
+            # Fallback: the report's study UID is unknown to the PACS, but its accession number
+            # names exactly one study, which passes the patient check below.
+            matches = await self.pacs.find_studies(accession=p["accession"])
+            if len(matches) > 1:
                 raise Quarantine("several PACS studies carry the report's accession number")
-            if by_acc:
-                raise Quarantine("the PACS holds the accession number under another study UID "
-                                 "than the report's")
         if not matches:
             return None
         study = matches[0]
+        study_uid = study.study_uid
         if p.get("accession") and study.accession_number and \
                 study.accession_number != p["accession"]:
             raise Quarantine("accession number differs between the report and the PACS study")
@@ -195,18 +198,25 @@ class Publisher:
     # -- resolved: build the KOS ----------------------------------------------------------------
     def _build(self, job: Job) -> Step:
         p = job.payload
+        pending = self.db.query_one("SELECT kos_sop_uid FROM publications WHERE job_id=? AND "
+                                    "state='pending' ORDER BY version DESC LIMIT 1", (job.id,))
+        if pending is not None:  # built before a crash, not yet marked: send that one
+            return Step("built", "", payload={**p, "kos_uid": pending["kos_sop_uid"]})
         cda = self._cda(p)
-        previous = self._current_publication(job.study_uid)
+        kos_study = self._kos_study(job)
+        previous = self._current_publication(kos_study)
         prev_manifest = kosmod.parse_kos(previous["kos"]) if previous else None
         try:
             built = kosmod.build_kos(self._kos_request(p, cda, prev_manifest))
         except kosmod.KosError as e:
             return Step("quarantined", f"cannot build the KOS: {e}")
         version = (previous["version"] + 1) if previous else 1
+        if self.store is not None:  # the box serves its own manifests like any instance
+            self.store.ingest_bytes(built.data)
         with self.db.transaction() as c:
             c.execute("INSERT INTO publications(kos_sop_uid, study_uid, job_id, version, kos, "
                       "entry_uuid, state, replaces, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                      (built.sop_instance_uid, job.study_uid, job.id, version, built.data,
+                      (built.sop_instance_uid, kos_study, job.id, version, built.data,
                        f"urn:uuid:{uuid.uuid4()}", "pending",
                        previous["kos_sop_uid"] if previous else None, time.time()))
         return Step("built", "", payload={**p, "kos_uid": built.sop_instance_uid})
@@ -246,8 +256,16 @@ class Publisher:
         submission = self._submission(p, pub["kos"], pub["kos_sop_uid"])
         try:
             if pub["replaces"]:
-                old = await self._entry_uuid(pub["replaces"], submission)
+                # Look the old version up as the structure that published it: a box may only
+                # read back, in INDIRECTE mode, what its structure published.
+                prev = self.db.query_one("SELECT * FROM publications WHERE kos_sop_uid=?",
+                                         (pub["replaces"],))
+                prev_submission = self._submission(self._job_payload(prev["job_id"]),
+                                                   prev["kos"], prev["kos_sop_uid"])
+                old = await self._entry_uuid(pub["replaces"], prev_submission)
                 if old is None:
+                    log.warning("previous KOS version not found in the DMP; publishing anew",
+                                extra={"job": job.id})
                     await self.dmp.publish(submission)
                 else:
                     await self.dmp.replace(old, submission)
@@ -275,7 +293,7 @@ class Publisher:
         return Step("published", "replaced the previous version" if pub["replaces"] else "")
 
     def _plan_withdrawal(self, job: Job) -> Step:
-        current = self._current_publication(job.study_uid)
+        current = self._current_publication(self._kos_study(job))
         if current is None:
             return Step("withdrawn", "nothing was published for this study")
         return Step("built", "", payload={**job.payload, "target": current["kos_sop_uid"]})
@@ -366,6 +384,17 @@ class Publisher:
     @staticmethod
     def _cda(p: dict[str, Any]) -> CdaReport:
         return parse_cda(base64.b64decode(p["cda"]))
+
+    def _kos_study(self, job: Job) -> str:
+        """The study UID the KOS names: the PACS's (after an accession fallback) or the report's.
+        Publications are keyed by it, as IOCM notes from the PACS are."""
+        resolved = job.payload.get("pacs_study")
+        if resolved:
+            return str(resolved["study_uid"])
+        row = self.db.query_one(
+            "SELECT json_extract(payload, '$.pacs_study.study_uid') AS uid FROM jobs "
+            "WHERE study_uid=? AND uid IS NOT NULL ORDER BY id DESC LIMIT 1", (job.study_uid,))
+        return str(row["uid"]) if row and row["uid"] else job.study_uid
 
     def _current_publication(self, study_uid: str) -> Any:
         return self.db.query_one(

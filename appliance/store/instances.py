@@ -115,16 +115,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _DbProxy:
+    """Forwards to ``store.db`` at call time."""
+
+    def __init__(self, store: "Store") -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store.db, name)
+
+
 class Store:
     """Thread-safe: pynetdicom handler threads ingest while the event loop reads."""
 
-    def __init__(self, config: Config, synchronous: str = "FULL") -> None:
+    def __init__(self, config: Config, synchronous: str = "NORMAL") -> None:
         self.config = config
         self.root = config.instances_dir
         self.tmp_dir = self.root / ".tmp"
         self.metadata_dir = config.box.data_dir / "metadata"
         self.max_bytes = config.store.max_bytes
         self.min_free_bytes = config.store.min_free_bytes
+        self.fsync = config.store.fsync
         self._synchronous = synchronous
         self._db: Database | None = None
         self._lock = threading.Lock()       # guards _used and _reserved
@@ -142,6 +153,37 @@ class Store:
             leftover.unlink(missing_ok=True)
         row = self.db.query_one("SELECT COALESCE(SUM(size), 0) AS used FROM instances")
         self._used = int(row["used"]) if row else 0
+        self.recover_orphans()
+
+    def recover_orphans(self) -> int:
+        """Index instance files that have no row.
+
+        The index commits with ``synchronous=NORMAL`` (WAL): a power cut can undo the last
+        commits, never corrupt the database. Each file was fsync'd and renamed into place before
+        its commit, so an instance that was acknowledged is still on disk: index it again.
+        """
+        known = {r["rel_path"] for r in self.db.query("SELECT rel_path FROM instances")}
+        recovered = 0
+        for path in self.root.rglob("*.dcm"):
+            rel = str(path.relative_to(self.root))
+            if rel in known or path.parent == self.tmp_dir:
+                continue
+            try:
+                with open(path, "rb") as f:
+                    ds = self._parse(f)
+                if str(Path(ds.StudyInstanceUID) / ds.SeriesInstanceUID /
+                       f"{ds.SOPInstanceUID}.dcm") != rel:
+                    raise InvalidInstance("file name does not match its UIDs")
+                self._index(ds, path, path.stat().st_size)
+                recovered += 1
+            except (InvalidInstance, OSError) as e:
+                log.warning("unusable file in the instance store moved aside",
+                            extra={"error": str(e)[:200]})
+                path.rename(path.with_suffix(".invalid"))
+        if recovered:
+            log.warning("re-indexed instance files after an interrupted commit",
+                        extra={"count": recovered})
+        return recovered
 
     def close(self) -> None:
         if self._db is not None:
@@ -153,6 +195,11 @@ class Store:
         if self._db is None:
             raise RuntimeError("store is not open")
         return self._db
+
+    @property
+    def db_lazy(self) -> Database:
+        """The database for components wired before the store opens (it opens at start)."""
+        return _DbProxy(self)  # type: ignore[return-value]
 
     @property
     def used_bytes(self) -> int:
@@ -176,8 +223,9 @@ class Store:
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
             return self._commit(ds, tmp, size)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -191,7 +239,8 @@ class Store:
         try:
             with open(tmp_path, "rb") as f:
                 ds = self._parse(f)
-                os.fsync(f.fileno())
+                if self.fsync:
+                    os.fsync(f.fileno())
         except BaseException:
             tmp_path.unlink(missing_ok=True)
             raise
@@ -240,12 +289,17 @@ class Store:
 
     def _commit(self, ds: pydicom.Dataset, tmp: Path, size: int) -> StoredInstance:
         study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
-        meta_json = instance_json(ds, study, series, sop)
-        rel = Path(study) / series / f"{sop}.dcm"
-        final = self.root / rel
+        final = self.root / study / series / f"{sop}.dcm"
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        if self.fsync:
+            _fsync_dir(final.parent)
+        return self._index(ds, final, size)
+
+    def _index(self, ds: pydicom.Dataset, final: Path, size: int) -> StoredInstance:
+        study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+        meta_json = instance_json(ds, study, series, sop)
+        rel = final.relative_to(self.root)
         now = time.time()
         with self.db.transaction() as c:
             old = c.execute("SELECT size FROM instances WHERE sop_uid=?", (sop,)).fetchone()

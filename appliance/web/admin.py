@@ -23,6 +23,7 @@ from appliance.config import Config
 log = logging.getLogger(__name__)
 
 PACS_LINK: web.AppKey[Any] = web.AppKey("pacs_link", object)
+OUTBOX: web.AppKey[Any] = web.AppKey("outbox", object)
 STORE: web.AppKey[Any] = web.AppKey("store", object)
 
 
@@ -48,7 +49,7 @@ def _json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def make_app(config: Config, store: Any, pacs_link: Any) -> web.Application:
+def make_app(config: Config, store: Any, pacs_link: Any, outbox: Any = None) -> web.Application:
     token = ensure_token(config)
 
     @web.middleware
@@ -67,7 +68,57 @@ def make_app(config: Config, store: Any, pacs_link: Any) -> web.Application:
     app.router.add_post("/pacs/echo", pacs_echo)
     app.router.add_post("/pacs/find", pacs_find)
     app.router.add_post("/pacs/retrieve", pacs_retrieve)
+    if outbox is not None:
+        app[OUTBOX] = outbox
+        app.router.add_get("/reports", reports_list)
+        app.router.add_get("/reports/{job_id:[0-9]+}", report_detail)
+        app.router.add_post("/reports/{job_id:[0-9]+}/retry", report_retry)
+        app.router.add_post("/reports/{job_id:[0-9]+}/discard", report_discard)
     return app
+
+
+# Job columns safe to show: the payload (INS, names, CDA) stays inside the box.
+_JOB_COLUMNS = ("id, kind, study_uid, state, reason, attempts, next_at, deadline_at, created_at, "
+                "updated_at, json_extract(payload, '$.action') AS action")
+
+
+async def reports_list(request: web.Request) -> web.Response:
+    state = request.query.get("state")
+    limit = request.query.get("limit", "100")
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        return _json_error(400, "limit must be an integer from 1 to 1000")
+    db = request.app[STORE].db
+    if state:
+        rows = db.query(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state=? ORDER BY id DESC LIMIT ?",
+                        (state, int(limit)))
+    else:
+        rows = db.query(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT ?", (int(limit),))
+    return web.json_response({"reports": [dict(r) for r in rows]})
+
+
+async def report_detail(request: web.Request) -> web.Response:
+    db = request.app[STORE].db
+    job_id = int(request.match_info["job_id"])
+    row = db.query_one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,))
+    if row is None:
+        return _json_error(404, f"no report job {job_id}")
+    pubs = db.query("SELECT kos_sop_uid, version, state, replaces, created_at, published_at "
+                    "FROM publications WHERE study_uid=? ORDER BY version", (row["study_uid"],))
+    return web.json_response({"report": dict(row), "publications": [dict(p) for p in pubs]})
+
+
+async def report_retry(request: web.Request) -> web.Response:
+    job_id = int(request.match_info["job_id"])
+    if not request.app[OUTBOX].retry(job_id):
+        return _json_error(409, f"job {job_id} is not quarantined or failed")
+    return web.json_response({"id": job_id, "state": "received"})
+
+
+async def report_discard(request: web.Request) -> web.Response:
+    job_id = int(request.match_info["job_id"])
+    if not request.app[OUTBOX].discard(job_id):
+        return _json_error(409, f"job {job_id} cannot be discarded (unknown or already final)")
+    return web.json_response({"id": job_id, "state": "discarded"})
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -107,7 +158,11 @@ async def pacs_find(request: web.Request) -> web.Response:
         return _json_error(502, f"PACS C-FIND failed: {e}")
     audit(request.app[STORE].db, actor="admin", action="pacs.find", interface="http",
           study_uid=keys.get("study_uid", ""), detail=f"{len(matches)} match(es)")
-    return web.json_response({"studies": [_plain(asdict(m)) for m in matches]})
+    # Patient fields stay out of the answer: an operator checks presence, not identities.
+    hidden = {"patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date",
+              "patient_sex"}
+    return web.json_response({"studies": [
+        {k: v for k, v in _plain(asdict(m)).items() if k not in hidden} for m in matches]})
 
 
 async def pacs_retrieve(request: web.Request) -> web.Response:

@@ -123,8 +123,8 @@ def pacs_config(make_config: Callable[..., C.Config],
 async def linked_box(pacs_config: Callable[..., C.Config], orthanc: orthanc_peer.Orthanc,
                      request: pytest.FixtureRequest) -> AsyncIterator[tuple[Store, DicomNode,
                                                                             PacsLink]]:
-    """A box (store + SCP + PACS link) known to Orthanc; ``@pytest.mark.parametrize`` the
-    retrieve mode through ``indirect`` is not needed: tests build their own for C-GET."""
+    """A box (store + SCP + PACS link) that Orthanc knows as modality "box". Pass PACS settings
+    with ``@pytest.mark.parametrize("linked_box", [{"retrieve": "c-get"}], indirect=True)``."""
     cfg = pacs_config(**getattr(request, "param", {}))
     st = Store(cfg, synchronous="NORMAL")
     st.open()

@@ -111,6 +111,22 @@ async def test_compressed_syntaxes_are_kept_as_sent(node: DicomNode, store: Stor
         assert dataset_bytes(path.read_bytes()) == dataset_bytes(f.read_bytes())
 
 
+async def test_sockets_have_nodelay_and_the_configured_max_pdu(
+        make_config: Callable[..., C.Config], store: Store) -> None:
+    cfg = make_config(dicom={"max_pdu": 65536})
+    node = DicomNode(cfg, store)
+    await node.start()
+    try:
+        assoc, sock = await asyncio.to_thread(_associate, node.port)
+        assert assoc.acceptor.maximum_length == 65536  # type: ignore[attr-defined]
+        (server_side,) = node._server.active_associations  # type: ignore[union-attr]
+        raw = server_side.dul.socket.socket
+        assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        await asyncio.to_thread(assoc.release)  # type: ignore[attr-defined]
+    finally:
+        await node.stop()
+
+
 async def test_concurrent_associations_all_stored(node: DicomNode, store: Store,
                                                   tmp_path: Path) -> None:
     studies = [synthetic_study("MR", 6, out_dir=tmp_path / f"s{i}") for i in range(3)]
@@ -136,6 +152,26 @@ async def test_unknown_calling_ae_is_refused_and_logged(node: DicomNode, store: 
     rc, out = await run_tool("echoscu", "-aet", "PACS", "-aec", BOX_AET, "127.0.0.1",
                              str(node.port))
     assert rc == 0, out
+
+
+async def test_association_limit_refuses_the_extra_peer(
+        make_config: Callable[..., C.Config], store: Store,
+        caplog: pytest.LogCaptureFixture) -> None:
+    node = DicomNode(make_config(dicom={"max_associations": 1}), store)
+    await node.start()
+    try:
+        first, _ = await asyncio.to_thread(_associate, node.port)
+        with caplog.at_level(logging.WARNING, logger="appliance.dicom"):
+            rc, out = await run_tool("echoscu", "-aet", MODALITY_AET, "-aec", BOX_AET,
+                                     "127.0.0.1", str(node.port))
+            await asyncio.sleep(0.2)
+        assert rc != 0 and "Association Rejected" in out
+        assert any(getattr(r, "reason", "") == "too many associations" for r in caplog.records)
+        await asyncio.to_thread(first.release)  # type: ignore[attr-defined]
+        await asyncio.sleep(0.3)
+        await _still_serving(node)
+    finally:
+        await node.stop()
 
 
 async def test_wrong_called_ae_is_refused(node: DicomNode) -> None:
@@ -288,7 +324,8 @@ async def test_stop_during_transfer_aborts_cleanly(node: DicomNode, store: Store
         first.set()
 
     store.add_listener(on_stored)
-    proc = asyncio.ensure_future(run_tool(*storescu(node.port, files, pdu=16384)))
+    port = node.port
+    proc = asyncio.ensure_future(run_tool(*storescu(port, files, pdu=16384)))
     assert await asyncio.to_thread(first.wait, 30)
     t0 = time.monotonic()
     await node.stop()
@@ -303,5 +340,42 @@ async def test_stop_during_transfer_aborts_cleanly(node: DicomNode, store: Store
     assert all(dataset_bytes(p.read_bytes()) in sent for p in on_disk)  # whole files only
     assert not node.health().ready
     rc, _ = await run_tool("echoscu", "-aet", MODALITY_AET, "-aec", BOX_AET, "127.0.0.1",
-                           str(store.config.dicom.port or 1), timeout=10)
-    assert rc != 0
+                           str(port), timeout=10)
+    assert rc != 0  # nobody listens any more
+
+
+# -- disk really full -----------------------------------------------------------------------
+
+async def test_disk_full_answers_out_of_resources_and_leaves_no_partial_file(
+        make_config: Callable[..., C.Config], tmp_path: Path) -> None:
+    """The instances directory on a 3 MB tmpfs: the disk fills up before the store limit."""
+    import subprocess
+
+    cfg = make_config(store={"max_bytes": 10 * 2**30, "min_free_bytes": 0})
+    mnt = cfg.instances_dir
+    mnt.mkdir(parents=True)
+    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                        capture_output=True).returncode
+    if rc != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN)")
+    try:
+        files = synthetic_study("CT", 10, out_dir=tmp_path / "src")
+        st = Store(cfg, synchronous="NORMAL")
+        st.open()
+        node = DicomNode(cfg, st)
+        await node.start()
+        try:
+            rc, out = await run_tool(*storescu(node.port, files, extra=("-d",)))
+        finally:
+            await node.stop()
+        # The store sees the free space run out (or the write fails with ENOSPC): A700 either way.
+        assert "0xa700: Refused: Out of resources" in out and "ErrorComment" in out, out
+        n = index_count(st)
+        assert 1 <= n < len(files)
+        on_disk = stored_files(st)
+        assert len(on_disk) == n and not list(st.tmp_dir.iterdir())
+        sent = {dataset_bytes(f.read_bytes()) for f in files}
+        assert all(dataset_bytes(p.read_bytes()) in sent for p in on_disk)
+        st.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -1,22 +1,16 @@
 """Fixtures for the DICOMweb tests: a store filled with generated studies, a real aiohttp server
 over it, and a private Orthanc (Debian package + DICOMweb plugin) loaded with the same files.
 
-The Orthanc launcher is minimal on purpose; tests/peers/orthanc.py (branch ``dicom``) will replace
-it once merged.
+Orthanc is the shared peer launcher, tests/peers/orthanc.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
 from aiohttp import web
@@ -24,12 +18,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from appliance import config
 from appliance.dicomweb import AccessLogger, make_app
+from appliance.dicomweb.server import AUDIT_KEY
 from appliance.generate import synthetic_study
 from appliance.store import Store
-from tests.conftest import free_port
+from tests.peers.orthanc import Orthanc, available
 
-ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 VIEWER_ORIGIN = "https://viewer.example.org"
 
 
@@ -79,12 +72,19 @@ def filled(store: Store, studies: dict[str, Study]) -> Store:
 
 async def _client(store: Store, **kwargs: object) -> TestClient:
     app = web.Application()
-    app.add_subapp("/dicom-web", make_app(store, **kwargs))  # type: ignore[arg-type]
+    sub = make_app(store, **kwargs)  # type: ignore[arg-type]
+    app.add_subapp("/dicom-web", sub)
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server(access_log_class=AccessLogger)  # as the daemon's runner does
     client = TestClient(server)
     await client.start_server()
+    client.dicomweb = sub  # type: ignore[attr-defined]  # for flush_audit()
     return client
+
+
+async def flush_audit(client: TestClient) -> None:
+    """Commit the audit events the server has queued (it batches them)."""
+    await client.dicomweb[AUDIT_KEY].flush()  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -109,75 +109,23 @@ async def make_client() -> AsyncIterator[object]:
         await c.close()
 
 
-# -- Orthanc, the real peer --------------------------------------------------------------------
+# -- Orthanc, the real peer (tests/peers/orthanc.py) --------------------------------------------
 
-@dataclass(frozen=True)
-class Orthanc:
-    url: str          # http://127.0.0.1:port
-    dicomweb: str     # url + /dicom-web
-
-    def get(self, path: str, headers: dict[str, str] | None = None) -> bytes:
-        req = urllib.request.Request(self.url + path, headers=headers or {})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.read()
-
-    def get_json(self, path: str) -> object:
-        return json.loads(self.get(path, {"Accept": "application/dicom+json"}))
-
-    def upload(self, files: list[Path]) -> None:
-        for f in files:
-            req = urllib.request.Request(self.url + "/instances", data=f.read_bytes(),
-                                         headers={"Content-Type": "application/dicom"})
-            with urllib.request.urlopen(req, timeout=30) as r:
-                r.read()
+def peer_json(peer: Orthanc, path: str) -> Any:
+    """GET a DICOMweb path (``/studies...``) from Orthanc's plugin, as DICOM JSON."""
+    req = urllib.request.Request(peer.url + "/dicom-web" + path,
+                                 headers={"Accept": "application/dicom+json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
 
 
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    if not os.path.exists(ORTHANC):
-        pytest.skip("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
-    if not DICOMWEB_PLUGIN.exists():
-        pytest.skip(f"Orthanc DICOMweb plugin missing: {DICOMWEB_PLUGIN} (apt-get install "
-                    "orthanc-dicomweb)")
-    d = tmp_path_factory.mktemp("orthanc")
-    http_port, dicom_port = free_port(), free_port()
-    cfg = {
-        "Name": "DRIMBOX-TEST-PACS",
-        "StorageDirectory": str(d / "storage"),
-        "IndexDirectory": str(d / "index"),
-        "HttpPort": http_port,
-        "DicomPort": dicom_port,
-        "DicomAet": "TESTPACS",
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "StorageCompression": False,
-        "Plugins": [str(DICOMWEB_PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }
-    (d / "orthanc.json").write_text(json.dumps(cfg))
-    log = open(d / "orthanc.log", "wb")
-    proc = subprocess.Popen([ORTHANC, str(d / "orthanc.json")], stdout=log,
-                            stderr=subprocess.STDOUT, cwd=d)
-    peer = Orthanc(f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{http_port}/dicom-web")
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                peer.get("/system")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("Orthanc did not start; log:\n"
-                                       + (d / "orthanc.log").read_text(errors="replace")[-3000:])
-                time.sleep(0.2)
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    with Orthanc(workdir=tmp_path_factory.mktemp("orthanc")) as peer:
         yield peer
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="session")

@@ -201,3 +201,16 @@ async def test_empty_store_answers_an_empty_list(store: Store, make_client: Any)
     c = await make_client(store)
     r = await c.get("/dicom-web/studies")
     assert r.status == 200 and await r.json(content_type=None) == []
+
+
+async def test_includefield_all(client: TestClient, studies: dict[str, Study]) -> None:
+    mr = studies["mr"]
+    st = (await get_json(client, f"/dicom-web/studies?StudyInstanceUID={mr.study_uid}"
+                                 "&includefield=all"))[0]
+    assert values(st, "00081030") == ["IRM CEREBRALE"]
+    se = pydicom.dcmread(mr.files[0], stop_before_pixels=True).SeriesInstanceUID
+    inst = await get_json(client, f"/dicom-web/studies/{mr.study_uid}/series/{se}/instances"
+                                  "?includefield=all")
+    assert values(inst[0], "00180050") == [3.0]          # any attribute of the instance ...
+    assert values(inst[0], "00080018")                   # ... with the indexed ones
+    assert "7FE00010" not in inst[0]                     # but never bulk data

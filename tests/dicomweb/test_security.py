@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -11,7 +12,9 @@ from aiohttp.test_utils import TestClient
 
 from appliance.store import Store
 
-from .conftest import VIEWER_ORIGIN, Study
+from appliance.audit import AuditUnavailable
+
+from .conftest import VIEWER_ORIGIN, Study, flush_audit
 
 
 def instance_url(study: Study) -> str:
@@ -37,6 +40,8 @@ async def test_cors_allowed_origin_only(client: TestClient, studies: dict[str, S
            "404": "/dicom-web/studies/1.2.3/series"}[which]
     r = await client.get(url, headers={"Origin": VIEWER_ORIGIN})
     assert r.headers.get("Access-Control-Allow-Origin") == VIEWER_ORIGIN
+    assert r.headers["Cache-Control"] == "no-store"
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert "Origin" in r.headers.getall("Vary", [])
     await r.read()
     r = await client.get(url, headers={"Origin": "https://evil.example.com"})
@@ -84,6 +89,7 @@ async def test_every_data_access_is_audited(client: TestClient, filled: Store,
     assert r.status == 200 and await r.read()
     r = await client.get(metadata_url(ct))
     assert r.status == 200
+    await flush_audit(client)
     rows = audit_rows(filled)
     assert [x["action"] for x in rows] == ["dicomweb.search", "dicomweb.retrieve",
                                            "dicomweb.metadata"]
@@ -97,27 +103,77 @@ async def test_every_data_access_is_audited(client: TestClient, filled: Store,
     assert "PatientName" in rows[0]["detail"] and "DUPONT" not in rows[0]["detail"]
 
 
+async def test_a_search_records_each_patient_it_shows(client: TestClient, filled: Store,
+                                                      studies: dict[str, Study]) -> None:
+    r = await client.get("/dicom-web/studies")
+    assert r.status == 200 and len(await r.json(content_type=None)) == 2
+    await flush_audit(client)
+    rows = audit_rows(filled)
+    assert {(x["patient_id"], x["study_uid"]) for x in rows} == {
+        (s.patient_id, s.study_uid) for s in studies.values()}
+    assert all(x["action"] == "dicomweb.search" for x in rows)
+
+
 async def test_refused_or_empty_requests_touch_no_data_and_write_nothing(
         client: TestClient, filled: Store) -> None:
     assert (await client.get("/dicom-web/studies?limit=x")).status == 400
     assert (await client.get("/dicom-web/studies?PatientID=NOBODY")).status == 200
     assert (await client.get("/dicom-web/studies/1.2.3/series/4.5/instances/6.7")).status == 404
+    await flush_audit(client)
     assert audit_rows(filled) == []
 
 
-async def test_no_audit_no_data(filled: Store, make_client: Any,
-                                studies: dict[str, Study]) -> None:
-    c = await make_client(filled)
+def urls(studies: dict[str, Study]) -> list[str]:
+    return ["/dicom-web/studies", instance_url(studies["ct"]), metadata_url(studies["ct"])]
+
+
+async def test_no_audit_no_data_when_committing_each_event(filled: Store, make_client: Any,
+                                                           studies: dict[str, Study]) -> None:
+    c = await make_client(filled, audit_flush_interval=0)
     filled.db.execute("DROP TABLE audit_events")
-    for url in ("/dicom-web/studies", instance_url(studies["ct"]), metadata_url(studies["ct"])):
+    for url in urls(studies):
         r = await c.get(url)
         assert r.status == 503, url
         assert b"DICM" not in await r.read()
 
 
+async def test_batched_audit_fails_closed_and_recovers(filled: Store, make_client: Any,
+                                                       studies: dict[str, Study]) -> None:
+    c = await make_client(filled)
+    filled.db.execute("ALTER TABLE audit_events RENAME TO audit_hidden")
+    assert (await c.get("/dicom-web/studies")).status == 200     # queued before the failure
+    with pytest.raises(AuditUnavailable):
+        await flush_audit(c)
+    for url in urls(studies):
+        r = await c.get(url)
+        assert r.status == 503, url
+        assert b"DICM" not in await r.read()
+    filled.db.execute("ALTER TABLE audit_hidden RENAME TO audit_events")
+    deadline = asyncio.get_running_loop().time() + 5
+    while (await c.get("/dicom-web/studies")).status != 200:      # the writer retries by itself
+        assert asyncio.get_running_loop().time() < deadline, "audit writer did not recover"
+        await asyncio.sleep(0.1)
+    await flush_audit(c)
+    # The events queued before the failure were kept and written, not lost: two searches,
+    # each showing two patients.
+    assert [r["action"] for r in audit_rows(filled)] == ["dicomweb.search"] * 4
+
+
+async def test_queued_events_reach_the_table_without_help(filled: Store, make_client: Any,
+                                                          studies: dict[str, Study]) -> None:
+    c = await make_client(filled)
+    await c.get(instance_url(studies["mr"]))
+    await asyncio.sleep(0.5)                                      # > the 0.1 s flush interval
+    assert [r["action"] for r in audit_rows(filled)] == ["dicomweb.retrieve"]
+    await c.get(instance_url(studies["mr"]))
+    await c.close()                                               # shutdown flushes the rest
+    assert len(audit_rows(filled)) == 2
+
+
 async def test_custom_actor_is_recorded(filled: Store, make_client: Any) -> None:
     c = await make_client(filled, actor=lambda request: "rpps:10001234567")
     await c.get("/dicom-web/studies")
+    await flush_audit(c)
     assert audit_rows(filled)[-1]["actor"] == "rpps:10001234567"
 
 
@@ -131,3 +187,23 @@ async def test_logs_carry_no_patient_data(client: TestClient, studies: dict[str,
     text = caplog.text + " ".join(str(vars(r)) for r in caplog.records)
     for secret in ("PAT-A-1001", "DUPONT", "JEANNE"):
         assert secret not in text
+
+
+async def test_app_can_be_built_before_the_store_opens(tmp_path: Any, studies: dict[str, Study],
+                                                       make_client: Any) -> None:
+    """The box builds its HTTP apps first and opens the store when its component starts."""
+    from appliance import config
+    from appliance.dicomweb import make_app
+
+    store = Store(config.parse(config.example(str(tmp_path / "late"))))
+    make_app(store)
+    store.open()
+    try:
+        for f in studies["mr"].files:
+            store.ingest_bytes(f.read_bytes())
+        c = await make_client(store)
+        assert (await c.get(instance_url(studies["mr"]))).status == 200
+        await flush_audit(c)
+        assert [r["action"] for r in audit_rows(store)] == ["dicomweb.retrieve"]
+    finally:
+        store.close()

@@ -140,3 +140,27 @@ async def test_file_gone_from_disk_is_404_not_500(store: Store, make_client: Any
     stored.path.unlink()
     c = await make_client(store)
     assert (await c.get(url_of(f))).status == 404
+
+
+async def test_chunked_reads_when_sendfile_is_off(client: TestClient, studies: dict[str, Study],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path used over TLS or with AIOHTTP_NOSENDFILE: 256 KiB reads in the executor."""
+    from appliance.dicomweb import server
+
+    monkeypatch.setattr(server, "USE_SENDFILE", False)
+    reads: list[int] = []
+    real_read = server.DicomWeb._run
+
+    async def spy(fn: Any, *args: Any) -> Any:
+        out = await real_read(fn, *args)
+        if getattr(fn, "__name__", "") == "read":
+            reads.append(len(out))
+        return out
+
+    monkeypatch.setattr(server.DicomWeb, "_run", staticmethod(spy))
+    f = studies["ct"].files[2]
+    r = await client.get(url_of(f))
+    assert r.status == 200
+    (_, body), = await parts(r)
+    assert body == f.read_bytes()
+    assert max(reads) == server.CHUNK and len(reads) >= 3    # 525 KB in 256 KiB reads

@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from appliance import config
-from tests.conftest import free_port
+from tests.conftest import dicom_only, free_port
 
 
 @dataclass
@@ -63,7 +63,7 @@ def start_box(tmp: Path, pacs_aet: str = "PACS", pacs_port: int = 4242, ae_title
               extra: str = "", modalities: str = "", dicom_port: int | None = None) -> RunningBox:
     tmp.mkdir(parents=True, exist_ok=True)
     ports = {"http": free_port(), "dicom": dicom_port or free_port(), "hl7": free_port()}
-    text = (config.example(str(tmp / "data"))
+    text = (dicom_only(config.example(str(tmp / "data")))
             .replace("port = 8443", f"port = {ports['http']}")
             .replace("port = 11112", f"port = {ports['dicom']}")
             .replace("port = 2575", f"port = {ports['hl7']}")

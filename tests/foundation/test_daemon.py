@@ -19,12 +19,12 @@ import pytest
 from appliance import config
 from appliance.component import Health
 from appliance.daemon import Daemon
-from tests.conftest import free_port
+from tests.conftest import dicom_only, free_port
 
 
 def _write_config(tmp_path: Path) -> tuple[Path, int]:
     port = free_port()
-    text = (config.example(str(tmp_path / "data"))
+    text = (dicom_only(config.example(str(tmp_path / "data")))
             .replace("port = 8443", f"port = {port}")
             .replace("port = 11112", f"port = {free_port()}")
             .replace("port = 2575", f"port = {free_port()}"))

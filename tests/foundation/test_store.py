@@ -196,3 +196,18 @@ def _db_at(path: Path, version: int) -> Database:
     db._conn.execute("PRAGMA journal_mode=WAL")
     db.migrate(target=version)
     return db
+
+
+def test_acknowledged_file_without_row_is_reindexed_at_open(tmp_path: Path, study) -> None:
+    """A power cut can undo the last NORMAL-mode commits; the fsync'd files bring them back."""
+    s = Store(_cfg(tmp_path))
+    s.open()
+    stored = [s.ingest_bytes(p.read_bytes()) for p in study[:3]]
+    s.db.execute("DELETE FROM instances WHERE sop_uid=?", (stored[1].sop_uid,))  # lost commit
+    (s.root / stored[0].study_uid / stored[0].series_uid / "9.9.9.dcm").write_bytes(b"junk")
+    s.close()
+    s.open()
+    row = s.db.query_one("SELECT size FROM instances WHERE sop_uid=?", (stored[1].sop_uid,))
+    assert row is not None and row["size"] == stored[1].size
+    assert s.used_bytes == sum(x.size for x in stored)
+    assert (s.root / stored[0].study_uid / stored[0].series_uid / "9.9.9.invalid").exists()

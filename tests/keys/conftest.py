@@ -1,16 +1,15 @@
-"""Fixtures of the keys area. ``pki`` (session scope) is meant to move to the root conftest so the
-DMP and peer tests can use the same tokens and certificates."""
+"""Fixtures of the keys area. ``pki`` (session scope) lives in tests/conftest.py so the DMP and
+peer tests use the same tokens and certificates (SoftHSM reads its configuration once per
+process)."""
 
 from __future__ import annotations
 
 import glob
 import shutil
-from collections.abc import Iterator
 
 import pytest
 
-from appliance.keys import softhsm
-from appliance.keys.testpki import TestPki, make_test_pki
+from appliance.keys.testpki import TestPki
 
 
 def _provider_missing() -> str | None:
@@ -19,14 +18,6 @@ def _provider_missing() -> str | None:
         return ("pkcs11-provider not installed "
                 "(apt-get install -t bookworm-backports pkcs11-provider)")
     return None
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestPki]:
-    """IGC-Santé-shaped test PKI, two structures, leaf keys on SoftHSM (SOFTHSM2_CONF is set)."""
-    if softhsm.module_path() is None or shutil.which("softhsm2-util") is None:
-        pytest.skip("SoftHSM2 not installed (Debian package softhsm2)")
-    yield make_test_pki(tmp_path_factory.mktemp("pki"), spares=["drimbox-test-pin"])
 
 
 @pytest.fixture(scope="session")

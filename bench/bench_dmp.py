@@ -1,0 +1,135 @@
+"""ITI-41 throughput and latency against the DMP simulator on loopback, with a 300-instance KOS,
+signatures on SoftHSM2; and the share of time spent signing on the token.
+
+    /work/venv/bin/python bench/bench_dmp.py [--n 40] [--instances 300] [--concurrency 1]
+
+The simulator runs in its own process (``python -m tests.peers.dmp``), as in the demo, so its
+xmlsec verification does not share the client's event loop. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from appliance.config import DmpConfig
+from appliance.dmp import (
+    Code,
+    DmpClient,
+    KosSubmission,
+    Organization,
+    PatientId,
+    PatientInfo,
+    Person,
+    ReferenceId,
+    ReferenceType,
+    TokenSigner,
+)
+from appliance.keys.testpki import make_test_pki
+from tests.dmp.conftest import client_context
+from tests.dmp.kos import make_kos
+from tests.dmp.pki import simulator_certs
+
+PATIENT = PatientId("248098765432112", "1.2.250.1.213.1.4.10")
+
+
+class TimedSigner:
+    def __init__(self, inner: TokenSigner) -> None:
+        self.inner, self.seconds, self.count = inner, 0.0, 0
+        self.algorithm, self.certificate = inner.algorithm, inner.certificate
+
+    def sign(self, data: bytes) -> bytes:
+        t = time.perf_counter()
+        try:
+            return self.inner.sign(data)
+        finally:
+            self.seconds += time.perf_counter() - t
+            self.count += 1
+
+
+def submission(instances: int) -> KosSubmission:
+    kos, uid = make_kos(instances)
+    now = datetime.now(UTC)
+    return KosSubmission(
+        patient=PATIENT, patient_info=PatientInfo("PAT-BENCH", "Alice", "19800102", "F"),
+        author=Person("899700367909", "DOC0036790", "KIT"),
+        institution=Organization("CABINET TEST DRIMBOX", "499700367909006"),
+        legal_authenticator=Person("899700367909", "DOC0036790", "KIT"),
+        facility_type=Code("SA07", "1.2.250.1.71.4.2.4"),
+        practice_setting=Code("AMBULATOIRE", "1.2.250.1.213.1.1.4.9"),
+        event_codes=(Code("CT", "1.2.250.1.213.1.1.5.618"),),
+        reference_ids=(ReferenceId("ACC-1", "1.2.250.1.999.2.1", ReferenceType.ACCESSION),
+                       ReferenceId("1.2.3.4", "1.2.3.4.5.6", ReferenceType.STUDY_UID)),
+        kos=kos, kos_uid=uid, creation_time=now, service_start=now - timedelta(hours=1),
+        service_stop=now)
+
+
+async def run(args: argparse.Namespace) -> dict:
+    d = Path(tempfile.mkdtemp(prefix="bench-dmp-"))
+    pki = make_test_pki(d / "pki")
+    sc = simulator_certs(pki, d / "sim")
+    token = pki.token(0)
+    sim = subprocess.Popen(  # noqa: ASYNC220 (once, before the measured part)
+        [sys.executable, "-m", "tests.peers.dmp", "--cert", str(sc.cert), "--key", str(sc.key),
+         "--client-ca", str(sc.client_ca), "--patient", PATIENT.xds],
+        stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent, text=True)
+    try:
+        assert sim.stdout is not None
+        url = json.loads(sim.stdout.readline())["url"]
+        signer = TimedSigner(TokenSigner(token, "sign", "rsa-sha256"))
+        subs = [submission(args.instances) for _ in range(args.n + 2)]
+        async with DmpClient(DmpConfig(url=url, ca_file=pki.bundle), signer,
+                             client_context(pki)) as client:
+            for s in subs[:2]:                              # warm-up: TLS, imports
+                await client.publish(s)
+            signer.seconds, signer.count, client.signing_seconds = 0.0, 0, 0.0
+            latencies: list[float] = []
+            queue = list(subs[2:])
+
+            async def worker() -> None:
+                while queue:
+                    s = queue.pop()
+                    t = time.perf_counter()
+                    await client.publish(s)
+                    latencies.append(time.perf_counter() - t)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            wall = time.perf_counter() - t0
+        q = statistics.quantiles(latencies, n=20)
+        return {
+            "benchmark": "dmp_iti41", "n": args.n, "kos_instances": args.instances,
+            "kos_bytes": len(subs[0].kos), "concurrency": args.concurrency,
+            "submissions_per_second": round(args.n / wall, 2),
+            "latency_p50_ms": round(statistics.median(latencies) * 1000, 1),
+            "latency_p95_ms": round(q[18] * 1000, 1),
+            "token_signatures_per_submission": signer.count / args.n,
+            "token_signing_share_of_wall": round(signer.seconds / wall, 3),
+            "build_and_sign_share_of_wall": round(client.signing_seconds / wall, 3),
+            "token_ms_per_signature": round(signer.seconds / signer.count * 1000, 2),
+        }
+    finally:
+        sim.terminate()
+        sim.wait(5)
+    
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--n", type=int, default=40)
+    p.add_argument("--instances", type=int, default=300)
+    p.add_argument("--concurrency", type=int, default=1)
+    print(json.dumps(asyncio.run(run(p.parse_args()))))
+
+
+if __name__ == "__main__":
+    main()
