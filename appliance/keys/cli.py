@@ -136,6 +136,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         with tok._lock:
             for slot in lib.get_slots(token_present=True):
                 label = slot.get_token().label
+                if not label:
+                    continue  # SoftHSM's free slot: no token initialised there
                 mark = "  <- hsm.token_label" if label == h.token_label else ""
                 print(f"slot {slot.slot_description.strip()!r}: token {label!r}{mark}")
         print(f"token: {h.token_label!r}: ready")
