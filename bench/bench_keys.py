@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import padding, rsa  # noqa: E402
-from cryptography import x509  # noqa: E402
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from appliance.keys import tls  # noqa: E402
-from appliance.keys.testpki import make_test_pki  # noqa: E402
+from appliance.keys import tls
+from appliance.keys.testpki import make_test_pki
 
 
 def handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -44,7 +45,7 @@ def load_pem_certificates(paths: Iterable[Path]) -> list[x509.Certificate]:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _self_signed(c: x509.Certificate) -> bool:
@@ -53,7 +54,7 @@ def _self_signed(c: x509.Certificate) -> bool:
     try:
         c.verify_directly_issued_by(c)
         return True
-    except (ValueError, TypeError, Exception):  # InvalidSignature and unsupported algorithms
+    except (InvalidSignature, ValueError, TypeError):  # bad or unsupported signature
         return False
 
 
@@ -124,8 +125,8 @@ def validate_chain(leaf: x509.Certificate, anchors_and_intermediates: Sequence[x
                 continue
             try:
                 cur.verify_directly_issued_by(cand)
-            except Exception:  # noqa: BLE001 — InvalidSignature, ValueError, TypeError
-                continue
+            except (InvalidSignature, ValueError, TypeError):
+                continue  # same name, other key: try the next candidate
             if not _is_ca(cand):
                 raise CertificateRefused(f"issuer {describe(cand)} is not a CA certificate")
             check_validity(cand, at)

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from appliance import config as config_mod
 
 from . import certs, softhsm
+from . import module as p11module
 from .csr import make_csr, parse_subject
 from .errors import CertificateRefused, KeysError
 from .token import Token
@@ -113,9 +114,9 @@ def cmd_import_cert(args: argparse.Namespace) -> int:
         if trust:
             certs.validate_chain(leaf, trust + chain[1:])
         where = tok.store_certificate(args.label, leaf)
-    e = certs.expiry(leaf)
+    exp = certs.expiry(leaf)
     print(f"certificate {certs.describe(leaf)} stored with key {args.label!r} in {where}; "
-          f"expires {e.not_after:%Y-%m-%d} ({int(e.days_left)} days)")
+          f"expires {exp.not_after:%Y-%m-%d} ({int(exp.days_left)} days)")
     return 0
 
 
@@ -131,16 +132,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     try:
         lib = tok._lib
-        print(f"library: {lib.manufacturer_id} / {lib.library_description}")
+        print(f"library: {p11module.describe(str(h.module))}")
+        with tok._lock:
+            for slot in lib.get_slots(token_present=True):
+                label = slot.get_token().label
+                if not label:
+                    continue  # SoftHSM's free slot: no token initialised there
+                mark = "  <- hsm.token_label" if label == h.token_label else ""
+                print(f"slot {slot.slot_description.strip()!r}: token {label!r}{mark}")
         print(f"token: {h.token_label!r}: ready")
         worst = 0
         for o in tok.objects():
             if o.kind == "certificate":
                 c = tok.certificate(o.label)
-                e = certs.expiry(c)
-                worst = max(worst, 1 if e.level == "warning" else 2 if e.level != "ok" else 0)
+                exp = certs.expiry(c)
+                worst = max(worst, {"ok": 0, "warning": 1}.get(exp.level, 2))
                 print(f"  certificate {o.label!r}: {o.subject}; expires {o.not_after[:10]} "
-                      f"({int(e.days_left)} days, {e.level})")
+                      f"({int(exp.days_left)} days, {exp.level})")
             elif o.kind == "private key":
                 print(f"  private key {o.label!r}: {o.key_type} {o.bits or ''} "
                       f"sensitive={o.sensitive} extractable={o.extractable} "

@@ -70,7 +70,10 @@ class KeysComponent:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             self._wake.clear()
-            await loop.run_in_executor(None, self._check)
+            try:
+                await loop.run_in_executor(None, self._check)
+            except Exception:  # noqa: BLE001 — the watcher must outlive any one bad probe
+                log.exception("token check failed")
 
     def _check(self) -> None:
         self._watch_slots()

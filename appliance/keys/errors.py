@@ -29,4 +29,5 @@ class KeyNotFound(KeysError):
 
 
 class CertificateRefused(KeysError):
-    """A certificate that fails a check: chain, validity dates, key usage, or not matching the key."""
+    """A certificate that fails a check: chain, validity dates, key usage, or not matching the
+    key."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import glob
+import hashlib
 import os
 import stat
 import tempfile
@@ -43,6 +44,7 @@ _lock = threading.Lock()
 _active: dict[str, Any] = {}  # what this process loaded: module, rsa_pss, conf
 _forked = False
 _runtime_dir: Path | None = None
+_tokens_in_use: set[str] = set()  # tokens named by a key file written by this process
 
 
 def _mark_forked() -> None:
@@ -179,9 +181,12 @@ def write_key_file(token_label: str, key_label: str, pin_file: str | Path | None
     """The URI-PEM "key file" for ``SSLContext.load_cert_chain`` (mode 0600)."""
     d = (directory or runtime_dir()) / "keys"
     d.mkdir(mode=0o700, exist_ok=True)
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{token_label}-{key_label}")
-    p = d / f"{safe}.key.pem"
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_"
+                   for ch in f"{token_label}-{key_label}")
+    tag = hashlib.sha256(f"{token_label}\0{key_label}".encode()).hexdigest()[:8]  # no collisions
+    p = d / f"{safe}-{tag}.key.pem"
     _write_private(p, uri_pem(key_uri(token_label, key_label, pin_file)))
+    _tokens_in_use.add(token_label)
     return p
 
 
@@ -215,14 +220,11 @@ def activate(module: str | Path, rsa_pss: bool = True) -> Path:
                     "process")
             return Path(_active["conf"])
         conf = write_conf(module, rsa_pss)
-        # python-pkcs11 must call C_Initialize first: it refuses a module someone else
-        # initialised, while pkcs11-provider accepts CKR_CRYPTOKI_ALREADY_INITIALIZED.
-        try:
-            import pkcs11
+        # Initialise the module ourselves first, with OS locking (see module.py): the provider
+        # accepts CKR_CRYPTOKI_ALREADY_INITIALIZED, python-pkcs11 would not.
+        from . import module as p11module
 
-            pkcs11.lib(module)
-        except Exception as e:  # noqa: BLE001 — reported with the module path below
-            raise KeysError(f"cannot load PKCS#11 module {module}: {e}") from None
+        p11module.load(module)
         lc = _libcrypto()
         lc.OSSL_LIB_CTX_load_config.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         lc.OSSL_LIB_CTX_load_config.restype = ctypes.c_int
@@ -240,6 +242,12 @@ def activate(module: str | Path, rsa_pss: bool = True) -> Path:
 def active_module() -> str | None:
     """The PKCS#11 module pkcs11-provider was loaded for in this process, if any."""
     return _active.get("module")
+
+
+def shares_login(module: str, token_label: str) -> bool:
+    """True when pkcs11-provider may hold sessions on this token in this process (it relies on
+    the process's PKCS#11 login, which a C_Logout would take away)."""
+    return _active.get("module") == module and token_label in _tokens_in_use
 
 
 def is_private(path: Path) -> bool:

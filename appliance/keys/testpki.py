@@ -125,7 +125,7 @@ def _name(cn: str, ou: str | None = None, o: str | None = None) -> x509.Name:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def _ca(subject: x509.Name, key: rsa.RSAPrivateKey, issuer: x509.Certificate | None,

@@ -9,6 +9,7 @@ at start, not at the first handshake.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from cryptography import x509
 
 from . import certs, provider
 from .errors import CertificateRefused, KeysError
+from .token import Token
 
 
 def _check_cert(hsm_cfg: Any, cert_file: str | Path, use: str) -> None:
@@ -29,8 +31,6 @@ def _check_cert(hsm_cfg: Any, cert_file: str | Path, use: str) -> None:
 
 def _diagnose(hsm_cfg: Any, key_label: str, err: Exception) -> KeysError:
     """Turn OpenSSL's terse error ("PEM lib", "key values mismatch") into what is wrong."""
-    from .token import Token  # local: only needed on failure
-
     try:
         with Token.from_config(hsm_cfg) as tok:
             tok.public_key(key_label)
@@ -41,7 +41,24 @@ def _diagnose(hsm_cfg: Any, key_label: str, err: Exception) -> KeysError:
     return KeysError(f"OpenSSL refused token key {key_label!r}: {err}")
 
 
+# One logged-in python-pkcs11 session per token used for TLS, open for the life of the process.
+# SoftHSM invalidates every object handle of a token when its last session closes, and
+# pkcs11-provider 1.0 keeps key handles across its own sessions: its next C_SignInit then fails
+# with CKR_OBJECT_HANDLE_INVALID and the handshake is reset (measured, intermittent). A session
+# that never closes also keeps the process's login, which the provider relies on.
+_keepers: dict[tuple[str, str], Token] = {}
+
+
+def _keep_open(hsm_cfg: Any) -> None:
+    key = (str(hsm_cfg.module), hsm_cfg.token_label)
+    if key not in _keepers:
+        tok = Token.from_config(hsm_cfg)
+        tok.open()  # raises TokenAbsent / PinError / ... with a clear message
+        _keepers[key] = tok
+
+
 def _load(ctx: ssl.SSLContext, hsm_cfg: Any, key_label: str, cert_file: str | Path) -> None:
+    _keep_open(hsm_cfg)
     key_file = provider.write_key_file(hsm_cfg.token_label, key_label, hsm_cfg.pin_file)
     try:
         ctx.load_cert_chain(str(cert_file), str(key_file))
@@ -69,17 +86,39 @@ def client_context(hsm_cfg: Any, key_label: str, cert_file: str | Path,
 
 
 def server_context(hsm_cfg: Any, key_label: str, cert_file: str | Path,
-                   client_ca: str | Path | None = None) -> ssl.SSLContext:
-    """A TLS server context with token key ``key_label``. With ``client_ca``, clients must present
-    a certificate issued under it (mTLS for peers); without, no client certificate is asked."""
+                   client_ca: str | Path | Sequence[str | Path] | None = None, *,
+                   client_cert: str = "required") -> ssl.SSLContext:
+    """A TLS server context with token key ``key_label``.
+
+    With ``client_ca`` (one PEM bundle or several), clients present a certificate issued under it:
+    ``client_cert="required"`` (peer mTLS) or ``"optional"`` (one HTTPS server for the LAN UI and
+    for peers; the handler then checks ``peercert`` per route). Without ``client_ca``, no client
+    certificate is asked.
+    """
+    if client_cert not in ("required", "optional"):
+        raise ValueError("client_cert is 'required' or 'optional'")
     provider.activate(hsm_cfg.module, getattr(hsm_cfg, "rsa_pss", True))
     _check_cert(hsm_cfg, cert_file, "tls-server")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     _policy(ctx, hsm_cfg)
-    if client_ca:
-        ctx.load_verify_locations(cafile=str(client_ca))
-        ctx.verify_mode = ssl.CERT_REQUIRED
+    cas = [client_ca] if isinstance(client_ca, (str, Path)) else list(client_ca or ())
+    if cas:
+        for ca in cas:
+            ctx.load_verify_locations(cafile=str(ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED if client_cert == "required" else ssl.CERT_OPTIONAL
     else:
         ctx.verify_mode = ssl.CERT_NONE
     _load(ctx, hsm_cfg, key_label, cert_file)
     return ctx
+
+
+def box_server_context(config: Any) -> ssl.SSLContext:
+    """The box's HTTPS context from its whole ``Config``: key ``http.server_key_label`` on the
+    token, certificate ``http.cert_file``, client certificates optional and checked against
+    ``hsm.trust_anchors`` (peers present theirs; the LAN UI needs none)."""
+    if config.http.cert_file is None:
+        raise KeysError("http.tls = true needs http.cert_file (the server certificate of the "
+                        "token key http.server_key_label)")
+    provider.set_runtime_dir(config.runtime_dir / "keys")
+    return server_context(config.hsm, config.http.server_key_label, config.http.cert_file,
+                          client_ca=config.hsm.trust_anchors or None, client_cert="optional")

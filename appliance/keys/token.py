@@ -26,10 +26,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11e
-from pkcs11.util.ec import encode_ec_public_key, encode_ecdsa_signature, encode_named_curve_parameters
+from pkcs11.util.ec import (
+    encode_ec_public_key,
+    encode_ecdsa_signature,
+    encode_named_curve_parameters,
+)
 
 from appliance.component import Health
 
+from . import module as p11module
 from . import provider, softhsm
 from .errors import KeyNotFound, KeysError, ModuleError, PinError, PinFileError, TokenAbsent
 
@@ -38,6 +43,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+# Logged-in sessions kept open because pkcs11-provider shares their login (see _drop_session).
+_KEPT_LOGGED_IN: dict[tuple[str, str], Any] = {}
 
 #: algorithm name -> (mechanism, mechanism parameter). The token hashes the data.
 ALGORITHMS: dict[str, tuple[Mechanism, Any]] = {
@@ -57,7 +65,8 @@ _GONE: tuple[type[Exception], ...] = (
 
 
 def read_pin(pin_file: Path) -> str:
-    """The PIN from its file (a systemd credential in production). Refuses a file others can read."""
+    """The PIN from its file (a systemd credential in production). Refuses a file that other
+    users can read."""
     try:
         st = pin_file.stat()
         raw = pin_file.read_bytes()
@@ -68,7 +77,10 @@ def read_pin(pin_file: Path) -> str:
     if st.st_mode & (stat.S_IRWXO | stat.S_IWGRP):
         raise PinFileError(f"PIN file {pin_file} is accessible to other users "
                            f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 0600 or 0400 it")
-    pin = raw.decode("utf-8", "strict").rstrip("\r\n")
+    try:
+        pin = raw.decode("utf-8", "strict").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise PinFileError(f"PIN file {pin_file} is not UTF-8 text") from None
     if not pin:
         raise PinFileError(f"PIN file {pin_file} is empty")
     return pin
@@ -161,18 +173,7 @@ class Token:
         if self._lib is None:
             if not Path(self.module).is_file():
                 raise ModuleError(f"PKCS#11 module {self.module} not found (hsm.module)")
-            try:
-                self._lib = pkcs11.lib(self.module)
-            except p11e.PKCS11Error as e:
-                if "already initialized" in str(e):
-                    raise ModuleError(
-                        f"{self.module} was initialised by another component of this process "
-                        "(pkcs11-provider) before python-pkcs11; call provider.activate() "
-                        "(it loads python-pkcs11 first) instead of setting OPENSSL_CONF by hand"
-                    ) from None
-                raise ModuleError(f"cannot load PKCS#11 module {self.module}: {e}") from None
-            except (RuntimeError, OSError) as e:
-                raise ModuleError(f"cannot load PKCS#11 module {self.module}: {e}") from None
+            self._lib = p11module.load(self.module)
         return self._lib
 
     def _find_token(self, lib: Any) -> Any:
@@ -196,7 +197,7 @@ class Token:
             raise TokenAbsent(f"token {self.token_label!r} not present in {self.module}")
         self._last_reinit = now
         try:
-            lib.reinitialize()
+            p11module.reinitialize(self.module)
             return lib.get_token(token_label=self.token_label)
         except p11e.NoSuchToken:
             raise TokenAbsent(f"token {self.token_label!r} not present in {self.module}") from None
@@ -223,8 +224,8 @@ class Token:
         if ident != self._pin_identity:  # a new PIN file: a new budget of attempts
             self._pin_identity, self._failed_logins = ident, 0
         if self._failed_logins >= self.max_pin_attempts:
-            raise PinError(f"the PIN was refused {self._failed_logins} time(s); not trying again so "
-                           f"as not to lock the token. Fix {self.pin_file}, then retry")
+            raise PinError(f"the PIN was refused {self._failed_logins} time(s); not trying again "
+                           f"so as not to lock the token. Fix {self.pin_file}, then retry")
         flags = TokenFlag(tok.flags)
         if flags & TokenFlag.USER_PIN_LOCKED:
             raise PinError(f"the user PIN of token {self.token_label!r} is locked; unblock it with "
@@ -242,7 +243,8 @@ class Token:
         except p11e.PinLocked:
             raise PinError(f"the user PIN of token {self.token_label!r} is locked") from None
         except p11e.PinExpired:
-            raise PinError(f"the PIN of token {self.token_label!r} has expired; change it") from None
+            raise PinError(f"the PIN of token {self.token_label!r} has expired; change it"
+                           ) from None
         except p11e.UserAlreadyLoggedIn:
             # Another session of this process (another Token on the same card) already logged in:
             # the login state is per application, so this session is usable.
@@ -255,12 +257,20 @@ class Token:
 
     def _drop_session(self) -> None:
         self._keys.clear()
-        if self._session is not None:
-            try:
-                self._session.close()
-            except p11e.PKCS11Error:
-                pass  # already gone with the token
-            self._session = None
+        s, self._session = self._session, None
+        if s is None:
+            return
+        if s.user_type == pkcs11.UserType.USER and provider.shares_login(self.module,
+                                                                         self.token_label):
+            # python-pkcs11 logs out on close, and PKCS#11 login belongs to the process: the
+            # sessions pkcs11-provider holds on this token would lose it and its next key load
+            # fails ("PEM lib", measured). Keep this logged-in session open instead.
+            _KEPT_LOGGED_IN[(self.module, self.token_label)] = s
+            return
+        try:
+            s.close()
+        except p11e.PKCS11Error:
+            pass  # already gone with the token
 
     def _set_state(self, present: bool, status: str, error: str = "") -> None:
         if (present, status) != (self._state.present, self._state.status):
@@ -504,9 +514,16 @@ class Token:
     def probe(self) -> bool:
         """Check (blocking, a few ms) that the token still answers; updates :meth:`health`."""
         try:
-            self._run(lambda s: s.generate_random(64))
+            # C_FindObjects: every module has it (unlike C_GenerateRandom on some cards), and it
+            # fails when the session or the token is gone.
+            self._run(lambda s: _all(s.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})))
             return True
         except KeysError:
+            return False
+        except p11e.PKCS11Error as e:  # unexpected answer: report it, keep watching
+            with self._lock:
+                self._drop_session()
+                self._set_state(False, "error", type(e).__name__)
             return False
 
     def health(self) -> Health:

@@ -15,7 +15,8 @@ from appliance.keys.testpki import TestPki
 def _provider_missing() -> str | None:
     if not glob.glob("/usr/lib/*/ossl-modules/pkcs11.so") and not glob.glob(
             "/usr/lib*/ossl-modules/pkcs11.so"):
-        return "pkcs11-provider not installed (apt-get install -t bookworm-backports pkcs11-provider)"
+        return ("pkcs11-provider not installed "
+                "(apt-get install -t bookworm-backports pkcs11-provider)")
     return None
 
 

@@ -43,7 +43,7 @@ def drimbox(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 def _issue(csr: x509.CertificateSigningRequest, days: int = 365) -> tuple[bytes, bytes]:
     ca_key = rsa.generate_private_key(65537, 2048)
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "TEST AC IGC-SANTE")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
           .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now)
           .not_valid_after(now + dt.timedelta(days=3650))
@@ -108,6 +108,7 @@ def test_init_keygen_csr_import_status(box, tmp_path: Path) -> None:
     assert "certificate 'auth': C=FR" not in r.stdout  # shown most specific first
     assert "certificate 'auth': CN=DRIMBOX-1,OU=499700367909006" in r.stdout
     assert "never_extractable=True" in r.stdout and "(364 days, ok)" in r.stdout
+    assert "token 'drimbox'  <- hsm.token_label" in r.stdout
 
 
 def test_status_warns_about_expiry(box, tmp_path: Path) -> None:
@@ -153,3 +154,32 @@ def test_test_pki_command(box, tmp_path: Path) -> None:
     assert "export SOFTHSM2_CONF=" in r.stdout and 'token_label = "drimbox-test-2"' in r.stdout
     chain = x509.load_pem_x509_certificates((tmp_path / "demo/structure-1/auth.pem").read_bytes())
     assert chain[1].subject == chain[0].issuer
+
+
+def test_ec_key_and_trust_anchor_check_on_import(box, tmp_path: Path) -> None:
+    cfg, env = box
+    assert drimbox(env, "hsm", "init", "-c", str(cfg)).returncode == 0
+    r = drimbox(env, "hsm", "keygen", "-c", str(cfg), "--label", "ec", "--type", "ec-p256")
+    assert r.returncode == 0, r.stderr
+    r = drimbox(env, "hsm", "csr", "-c", str(cfg), "--label", "ec", "--subject", "CN=EC,OU=1,C=FR",
+                "--out", str(tmp_path / "ec.csr"))
+    assert r.returncode == 0, r.stderr
+    csr = x509.load_pem_x509_csr((tmp_path / "ec.csr").read_bytes())
+    assert csr.is_signature_valid and csr.signature_hash_algorithm.name == "sha256"
+    leaf, ca = _issue(csr)
+    (tmp_path / "ec.pem").write_bytes(leaf)
+    # with trust anchors configured, a certificate from another CA is refused
+    other_ca = x509.load_pem_x509_certificate(_issue(csr)[1])
+    (tmp_path / "anchors.pem").write_bytes(other_ca.public_bytes(serialization.Encoding.PEM))
+    anchored = tmp_path / "anchored.toml"
+    anchored.write_text(cfg.read_text().replace(
+        'sign_key_label = "sign"',
+        f'sign_key_label = "sign"\ntrust_anchors = ["{tmp_path}/anchors.pem"]'))
+    r = drimbox(env, "hsm", "import-cert", "-c", str(anchored), "--label", "ec", "--cert",
+                str(tmp_path / "ec.pem"))
+    assert r.returncode == 1 and "not issued by a configured trust anchor" in r.stderr
+    # with its own CA as anchor it is accepted
+    (tmp_path / "anchors.pem").write_bytes(ca)
+    r = drimbox(env, "hsm", "import-cert", "-c", str(anchored), "--label", "ec", "--cert",
+                str(tmp_path / "ec.pem"))
+    assert r.returncode == 0, r.stderr

@@ -35,7 +35,7 @@ async def test_component_ready_and_signs(pki: TestPki) -> None:
 async def test_expiry_watch_in_health(pki: TestPki) -> None:
     cfg = pki.hsm_config(0, token_label=SPARE, pin_file=pki.spares[SPARE])
     tok = Token.from_config(cfg)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     with tok:
         pub = tok.public_key("sign")
     subject = pki.structures[0].spec

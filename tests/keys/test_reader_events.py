@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.keys import KeysComponent, Token, events
-from appliance.keys import softhsm
+from appliance.keys import KeysComponent, Token, softhsm
 
 OPENSC = next((p for p in ("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so",
                            "/usr/lib/aarch64-linux-gnu/opensc-pkcs11.so",
@@ -91,7 +90,7 @@ async def test_card_insert_and_remove_with_unrecognised_card(pcscd, tmp_path: Pa
     await comp.start()
     card = _vicc()
     try:
-        for _ in range(50):
+        for _ in range(150):  # OpenSC probes every card driver on an unknown card: ~12 s idle
             await asyncio.sleep(0.3)
             if any(e.action == "inserted" for e in comp.reader_events):
                 break

@@ -15,9 +15,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 
-from appliance.keys import (KeyNotFound, KeysError, ModuleError, PinError, PinFileError, Token,
-                            TokenAbsent)
-from appliance.keys import softhsm
+from appliance.keys import (
+    KeyNotFound,
+    KeysError,
+    ModuleError,
+    PinError,
+    PinFileError,
+    Token,
+    TokenAbsent,
+    softhsm,
+)
 from appliance.keys.testpki import TestPki
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,11 +83,12 @@ def test_keys_are_sensitive_and_never_extractable(pki: TestPki, pkcs11_tool: str
     assert priv.stdout == b""  # no key material comes out (pkcs11-tool exits 0 with a notice)
     # The export attempts a real attacker with the PIN would make, through PKCS#11 itself:
     # read the private exponent, or wrap the key under a key of one's own.
-    import pkcs11
     from pkcs11 import Attribute, KeyType, ObjectClass
     from pkcs11 import exceptions as p11e
 
-    tok = pkcs11.lib(str(pki.module)).get_token(token_label=pki.token_label)
+    from appliance.keys import module as p11module
+
+    tok = p11module.load(str(pki.module)).get_token(token_label=pki.token_label)
     try:
         s = tok.open(rw=True, user_pin=pki.pin_file.read_text())
     except p11e.UserAlreadyLoggedIn:  # this process already logged in (login is per process)
@@ -249,3 +257,16 @@ def test_token_goes_away_and_comes_back(tmp_path: Path) -> None:
                                   "token": "vanish", "error": out["health_away"].get("error")}
     assert out["health_back"]["ready"] is True
     assert out["after"] == 256
+
+
+def test_certificate_from_the_data_directory(pki: TestPki, tmp_path: Path) -> None:
+    """Tokens that cannot hold certificates: the imported one is kept in the data directory."""
+    from cryptography.hazmat.primitives import serialization
+
+    with pki.token() as tok:
+        cert = tok.certificate("auth")
+    (tmp_path / "other.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    with Token(pki.module, pki.token_label, pki.pin_file, cert_dir=tmp_path) as tok:
+        assert tok.certificate("other") == cert
+        with pytest.raises(KeyNotFound, match=f"nor in {tmp_path}"):
+            tok.certificate("missing")
