@@ -69,17 +69,20 @@ def build(config: Config) -> Daemon:
 
 
 def _server_tls(config: Config) -> ssl.SSLContext | None:
-    """The HTTPS context: server certificate from the config (or the token), key on the token."""
+    """HTTPS: the server key stays on the token; the certificate is ``http.cert_file`` or, when
+    unset, the one stored with the key, chained from ``hsm.trust_anchors``."""
     if not config.http.tls:
         return None
+    import dataclasses
+
     from appliance.keys import Token, certs, tls
     from appliance.keys.chain import chain_for, write_chain
 
-    cert_file = config.http.cert_file
-    if cert_file is None:
+    if config.http.cert_file is None:
         with Token.from_config(config.hsm, cert_dir=config.box.data_dir / "certs") as token:
             leaf = token.certificate(config.http.server_key_label)
-        cert_file = write_chain(config.runtime_dir / "server-chain.pem",
-                                chain_for(leaf, certs.load_pem_certificates(
-                                    config.hsm.trust_anchors)))
-    return tls.server_context(config.hsm, config.http.server_key_label, cert_file)
+        chain = write_chain(config.runtime_dir / "server-chain.pem",
+                            chain_for(leaf, certs.load_pem_certificates(config.hsm.trust_anchors)))
+        config = dataclasses.replace(config, http=dataclasses.replace(config.http,
+                                                                      cert_file=chain))
+    return tls.box_server_context(config)

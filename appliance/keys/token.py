@@ -314,15 +314,18 @@ class Token:
     def _key(self, session: Any, label: str, cls: ObjectClass) -> Any:
         k = self._keys.get((label, cls))
         if k is None:
-            try:
-                k = session.get_key(object_class=cls, label=label)
-            except p11e.NoSuchKey:
+            # Token objects only (CKA_TOKEN): pkcs11-provider's session objects for a TLS key in
+            # this process carry the same label and must not count as a second key.
+            found = list(session.get_objects({Attribute.CLASS: cls, Attribute.LABEL: label,
+                                              Attribute.TOKEN: True}))
+            if not found:
                 what = "private key" if cls == ObjectClass.PRIVATE_KEY else "public key"
                 raise KeyNotFound(f"no {what} labelled {label!r} on token "
-                                  f"{self.token_label!r}") from None
-            except p11e.MultipleObjectsReturned:
+                                  f"{self.token_label!r}")
+            if len(found) > 1:
                 raise KeysError(f"several keys labelled {label!r} on token "
-                                f"{self.token_label!r}") from None
+                                f"{self.token_label!r}")
+            k = found[0]
             self._keys[(label, cls)] = k
         return k
 

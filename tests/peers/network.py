@@ -98,6 +98,16 @@ class SourceBox:
     log_path: Path
     env: dict[str, str]
 
+    tls_context: ssl.SSLContext | None = None  # set when the box serves HTTPS
+
+    @property
+    def base(self) -> str:
+        scheme = "https" if self.tls_context else "http"
+        return f"{scheme}://127.0.0.1:{self.http}"
+
+    def _open(self, req: Any, timeout: float) -> Any:
+        return urllib.request.urlopen(req, timeout=timeout, context=self.tls_context)
+
     def start(self) -> "SourceBox":
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "appliance.cli", "run", "-c", str(self.config_path)],
@@ -107,7 +117,7 @@ class SourceBox:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"box exited {self.proc.returncode}:\n{self.logs()[-4000:]}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/healthz", timeout=2):
+                with self._open(f"{self.base}/healthz", 2):
                     return self
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.2)
@@ -125,11 +135,11 @@ class SourceBox:
 
     def admin(self, method: str, path: str) -> Any:
         token = (self.data_dir / "admin-token").read_text().strip()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http}/api/admin{path}",
+        req = urllib.request.Request(f"{self.base}/api/admin{path}",
                                      method=method, headers={"Authorization": f"Bearer {token}"},
                                      data=b"" if method == "POST" else None)
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:
+            with self._open(req, 30) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
