@@ -33,6 +33,14 @@ def test_https_with_the_server_key_on_the_token(tmp_path: Path, pki, dmp_simulat
                 cert = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
         assert cert.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATIONAL_UNIT_NAME)[0] \
             .value == pki.structures[0].structure_id
+        # ARCHITECTURE.md §2: a full source box listens on DICOM, HL7 and HTTPS, nothing else.
+        import psutil
+
+        listening = sorted((c.laddr.ip, c.laddr.port) for c in
+                           psutil.Process(box.proc.pid).net_connections(kind="inet")
+                           if c.status == psutil.CONN_LISTEN)
+        assert listening == sorted([("127.0.0.1", pacs.box_dicom_port), ("127.0.0.1", box.hl7),
+                                    ("127.0.0.1", box.http)])
         # Plain HTTP is not served on that port.
         with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
             urllib.request.urlopen(f"http://127.0.0.1:{box.http}/healthz", timeout=5).read()
