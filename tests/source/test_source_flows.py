@@ -254,3 +254,21 @@ def test_correction_and_accession_fallback_with_the_simulated_ris(box, pacs, dmp
             assert states == ["Approved", "Deprecated"]
         else:
             assert "Approved" not in states
+
+
+def test_report_not_destined_to_the_dmp_is_not_published(box, pacs, dmp_simulator,
+                                                         tmp_path) -> None:
+    from tests.peers.ris import Exam, Patient, Professional, oru
+
+    patient = Patient(nir13="1690275123457", ipp="IPP-NODMP")
+    xds = f"{patient.ins}^^^&{patient.ins_oid}&ISO^NH"
+    dmp_simulator.add_patient(xds)
+    files = synthetic_study("CT", 2, out_dir=tmp_path / "ct", accession="ACNNODMP",
+                            patient_id=patient.ipp)
+    pacs.upload(files)
+    uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    msg = oru(patient, Professional(), Exam(uid, "ACNNODMP"), flags={"DESTDMP": False})
+    assert asyncio.run(send(box, msg))[0] == "AA"
+    job = final(box, last_job(box)["id"])
+    assert job["state"] == "done" and "DESTDMP=N" in job["reason"]
+    assert dmp_simulator.kos_entries(xds) == []
