@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from appliance.config import Config
 

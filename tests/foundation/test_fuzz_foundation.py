@@ -3,8 +3,6 @@ anything but their typed, named errors."""
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -7,9 +7,6 @@ Peers: Orthanc (PACS), the strict DMP simulator (own process, mTLS, checks VIHF/
 from __future__ import annotations
 
 import asyncio
-import base64
-import random
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,7 @@ from appliance.dicom.kos import parse_kos
 from appliance.hl7 import read_report
 from appliance.hl7.ack import parse_ack
 from appliance.hl7.mllp import MllpClient
-from tests.hl7.helpers import ans_files, cda_of, fill, replace_cda
+from tests.hl7.helpers import ans_files, fill
 from tests.source.conftest import SourceBox, source_box_config, sop_uids, study_for
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import threading
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from appliance.dicom import kos as kosmod
 from appliance.generate import synthetic_study
 from appliance.hl7 import read_report
 from tests.hl7.helpers import ans_files, cda_of, fill, replace_cda
-from tests.source.conftest import SourceBox, source_box_config, sop_uids, study_for
+from tests.source.conftest import SourceBox, source_box_config, study_for
 from tests.source.test_source_e2e import by_study, send, xds_patient
 
 pytestmark = pytest.mark.integration
