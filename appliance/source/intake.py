@@ -43,6 +43,9 @@ def report_payload(report: Report) -> dict[str, Any]:
         # The CDA carries the real accession; ANS samples put the filler order in OBR-18.
         "accession": (report.cda_report.accession.extension
                       if report.cda_report and report.cda_report.accession else report.accession),
+        "document_id": (cda.document_id.root + (f"^{cda.document_id.extension}"
+                                                if cda.document_id.extension else "")
+                        if (cda := report.cda_report) is not None else report.document_number),
         "flags": dict(report.flags),
         "sender": dataclasses.asdict(report.sender) if report.sender else None,
         "cda": base64.b64encode(report.cda).decode() if report.cda else "",
@@ -50,17 +53,36 @@ def report_payload(report: Report) -> dict[str, Any]:
 
 
 class ReportIntake:
+    """``handle`` is the MLLP server's handler; see the module docstring."""
+
     def __init__(self, db: Database, image_wait: float, wake: Callable[[], None]) -> None:
         self.db = db
         self.image_wait = image_wait  # seconds to wait for the images to reach the PACS
         self.wake = wake
+
+    def _withdrawn_study(self, report: Report) -> str:
+        """A withdrawal without a CDA (MDM^T04 may carry none) names its report by document
+        number (TXA-12) or order number: find the study of the last report that matches."""
+        for key, value in (("document_id", report.document_number),
+                           ("placer_order", report.placer_order),
+                           ("filler_order", report.filler_order)):
+            if not value:
+                continue
+            row = self.db.query_one(
+                f"SELECT study_uid FROM jobs WHERE kind='report' AND "
+                f"json_extract(payload, '$.{key}') = ? ORDER BY id DESC LIMIT 1", (value,))
+            if row is not None:
+                return str(row["study_uid"])
+        raise Hl7Error("AE", ErrorCode.UNKNOWN_KEY_IDENTIFIER,
+                       "withdrawal without a CDA: no earlier report with this document or "
+                       "order number")
 
     async def handle(self, report: Report) -> None:
         cda = report.cda_report
         if cda is None and report.effective_action is not Action.WITHDRAW:
             raise Hl7Error("AE", ErrorCode.REQUIRED_FIELD_MISSING,
                            "the message carries no CDA report to publish")
-        study_uid = cda.study_uid if cda else ""
+        study_uid = cda.study_uid if cda else self._withdrawn_study(report)
         if not study_uid or not valid_uid(study_uid):
             raise Hl7Error("AE", ErrorCode.REQUIRED_FIELD_MISSING,
                            "the CDA has no valid study UID (documentationOf/serviceEvent/id)")

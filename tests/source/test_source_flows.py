@@ -271,3 +271,26 @@ def test_report_not_destined_to_the_dmp_is_not_published(box, pacs, dmp_simulato
     job = final(box, last_job(box)["id"])
     assert job["state"] == "done" and "DESTDMP=N" in job["reason"]
     assert dmp_simulator.kos_entries(xds) == []
+
+
+def test_mdm_t04_without_cda_withdraws_by_document_number(box, conformance_dir, pacs, patient,
+                                                          dmp_simulator, tmp_path) -> None:
+    """MDM^T04 may carry no document: TXA-12 names the report it withdraws."""
+    uid = pydicom.uid.generate_uid()
+    oru_msg = variant(conformance_dir, uid, "ACNT04", "T04-PUB", name="CR_C-MDM.hl7")
+    report = read_report(oru_msg)
+    pacs.upload(study_for(report, tmp_path / "s"))
+    assert asyncio.run(send(box, oru_msg))[0] == "AA"
+    assert final(box, last_job(box)["id"])["state"] == "published"
+    segments = [s for s in oru_msg.split("\r") if not s.startswith("OBX")]
+    t04 = "\r".join(segments).replace("MDM^T02^MDM_T02", "MDM^T04^MDM_T04") \
+        .replace("T04-PUB", "T04-DEL")
+    code, errors = asyncio.run(send(box, t04))
+    assert code == "AA", errors
+    assert final(box, last_job(box)["id"])["state"] == "withdrawn"
+    entries = by_study(dmp_simulator.kos_entries(patient), uid)
+    assert entries and all(e["status"].endswith("Deleted") for e in entries)
+    # A withdrawal that names no known report is refused with a reason.
+    code, errors = asyncio.run(send(box, t04.replace("T04-DEL", "T04-X").replace(
+        report.document_number or "1.2.250.1.213.4.5.4.403", "1.2.3.999")))
+    assert code == "AE" and "no earlier report" in str(errors)
