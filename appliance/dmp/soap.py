@@ -21,7 +21,7 @@ from lxml import etree
 
 from .codes import NS
 from .errors import DmpResponseError
-from .xmlsafe import UnsafeXmlError, parse
+from appliance.xmlsafe import UnsafeXmlError, parse
 
 SOAP = NS["soap"]
 WSA = NS["wsa"]

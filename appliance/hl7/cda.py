@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
+from appliance import xmlsafe
 from appliance.hl7.errors import CdaError, ErrorCode
 
 NS = {"cda": "urn:hl7-org:v3", "ps3-20": "urn:dicom-org:ps3-20"}
@@ -105,17 +106,11 @@ def parse_cda(data: bytes, max_bytes: int = DEFAULT_MAX_CDA_BYTES) -> CdaReport:
         raise CdaError(f"document is {len(data)} bytes, the limit is {max_bytes}")
     if not data.strip():
         raise CdaError("document is empty")
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                             dtd_validation=False, huge_tree=False, remove_pis=True)
     try:
-        root = etree.fromstring(bytes(data), parser)
-    except (etree.XMLSyntaxError, ValueError) as e:
+        root = xmlsafe.parse(bytes(data), limit=max_bytes)
+    except xmlsafe.UnsafeXmlError as e:
         # lxml messages hold a line/column and the libxml2 reason, never document text.
-        raise CdaError(f"not well-formed XML ({_short(str(e))})") from None
-    if root is None:
-        raise CdaError("not well-formed XML")
-    if root.getroottree().docinfo.doctype:
-        raise CdaError("a DOCTYPE is not allowed in a CDA")
+        raise CdaError(f"not well-formed or unsafe XML ({_short(str(e))})") from None
     if root.tag != "{urn:hl7-org:v3}ClinicalDocument":
         raise CdaError("root element is not urn:hl7-org:v3 ClinicalDocument")
     return _extract(root)

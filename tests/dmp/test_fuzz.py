@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from appliance.dmp import DmpError, soap, transactions, xmlsafe
+from appliance import xmlsafe
+from appliance.dmp import DmpError, soap, transactions
 from appliance.dmp.codes import NS
 from tests.peers.dmp import checks
 
