@@ -64,11 +64,8 @@ class IocmWatcher:
                               (sop.sop_instance_uid, series.study_uid, note.sop_instance_uid,
                                note.reason.value, now))
             for study in sorted(note.study_uids):
-                sops = sorted(sop.sop_instance_uid for s in note.rejected if s.study_uid == study
-                              for sop in s.sops)
                 jobs.append(enqueue(c, "iocm", study, {"note": note.sop_instance_uid,
-                                                       "reason": note.reason.value,
-                                                       "rejected": sops}))
+                                                       "reason": note.reason.value}))
         purged = self.store.delete_instances(note.rejected_sop_instance_uids)
         log.info("IOCM rejection note received", extra={"reason": note.reason.value,
                                                         "rejected": len(note.rejected_sop_instance_uids),

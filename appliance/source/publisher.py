@@ -21,6 +21,7 @@ and replace it, or delete it when nothing is left.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import time
@@ -116,15 +117,14 @@ class Publisher:
         if job.state == "received":
             if current is None:
                 return Step("done", "nothing published for this study")
-            source = self._job_payload(current["job_id"])
-            payload = {**source, "action": "replace", "iocm": True,
-                       "rejected": job.payload.get("rejected", [])}
-            step = await self._resolve(Job(**{**job.__dict__, "payload": payload}))
-            if step.state == "quarantined" and step.reason.startswith("no instance left"):
-                return Step("built", "every instance was rejected: delete the KOS",
-                            payload={**payload, "action": "withdraw",
-                                     "target": current["kos_sop_uid"]})
-            return step
+            # Rebuild from the report that published the current version; the rejected
+            # instances are in rejected_instances, written with this job.
+            payload = {**self._job_payload(current["job_id"]), "action": "replace"}
+            delete = Step("built", "every instance was rejected: delete the KOS",
+                          payload={**payload, "action": "withdraw",
+                                   "target": current["kos_sop_uid"]})
+            return await self._resolve(dataclasses.replace(job, payload=payload),
+                                       nothing_left=delete)
         return await self.report(job)
 
     # -- received: find the study -------------------------------------------------------------
@@ -133,7 +133,9 @@ class Publisher:
                                 "AND state='received'", (job.study_uid, job.id))
         return row is not None
 
-    async def _resolve(self, job: Job) -> Step:
+    async def _resolve(self, job: Job, nothing_left: Step | None = None) -> Step:
+        """C-FIND the study. ``nothing_left``: the step when every instance was rejected
+        (default: quarantine, a person decides)."""
         p = job.payload
         try:
             resolved = await self._find(job.study_uid, p)
@@ -149,6 +151,9 @@ class Publisher:
             wait = min(self.image_retry_max, 30.0 * 2 ** min(job.attempts, 8))
             return Step("received", "waiting for the images to reach the PACS", retry_in=wait,
                         count_attempt=True)
+        if not resolved.instances:
+            return nothing_left or Step("quarantined", "every instance of the study was "
+                                                       "rejected (IOCM)")
         study = resolved.study
         return Step("resolved", "", payload={
             **p,
@@ -177,23 +182,22 @@ class Publisher:
             raise Quarantine("patient ID (IPP) differs between the report and the PACS study")
         rejected = {r["sop_uid"] for r in self.db.query(
             "SELECT sop_uid FROM rejected_instances WHERE study_uid=?", (study_uid,))}
-        rejected |= set(p.get("rejected", []))
         instances: list[kosmod.Instance] = []
+        seen_rejected = False
         for se in await self.pacs.find_series(study_uid):
             if se.modality in ("KO", "PR", "SR"):  # manifests and notes are not images to share
                 continue
             for inst in await self.pacs.find_instances(study_uid, se.series_uid):
                 if inst.sop_uid in rejected:
+                    seen_rejected = True
                     continue
                 instances.append(kosmod.Instance(
                     series_uid=se.series_uid, modality=se.modality, series_number=se.series_number,
                     series_description=se.series_description, sop_class_uid=inst.sop_class_uid,
                     sop_instance_uid=inst.sop_uid, instance_number=inst.instance_number))
-        if not instances:
-            if p.get("iocm"):
-                raise Quarantine("no instance left after the rejection")
-            return None
-        return Resolved(study, instances)
+        if not instances and not seen_rejected:
+            return None  # the images have not reached the PACS yet
+        return Resolved(study, instances)  # empty: every instance was rejected
 
     # -- resolved: build the KOS ----------------------------------------------------------------
     def _build(self, job: Job) -> Step:

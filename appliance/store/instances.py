@@ -244,26 +244,6 @@ class Store:
         finally:
             self._release(size)
 
-    def ingest_file(self, tmp_path: Path) -> StoredInstance:
-        """Move a complete Part 10 temp file (on the same filesystem) into the store."""
-        size = tmp_path.stat().st_size
-        try:
-            with open(tmp_path, "rb") as f:
-                ds = self._parse(f)
-                if self.fsync:
-                    os.fsync(f.fileno())
-        except BaseException:
-            tmp_path.unlink(missing_ok=True)
-            raise
-        self._reserve(size)
-        try:
-            return self._commit(ds, tmp_path, size)
-        except BaseException:
-            tmp_path.unlink(missing_ok=True)
-            raise
-        finally:
-            self._release(size)
-
     def _parse(self, fp: io.BufferedIOBase | io.BytesIO) -> pydicom.Dataset:
         """Read and fully validate one instance; every problem is an :class:`InvalidInstance`."""
         try:
