@@ -210,8 +210,11 @@ class Publisher:
         kos_study = self._kos_study(job)
         previous = self._current_publication(kos_study)
         prev_manifest = kosmod.parse_kos(previous["kos"]) if previous else None
+        # One creation time for the KOS (ContentDate/Time) and the XDS creationTime, kept with
+        # the publication so that sending never has to parse the KOS again.
+        created = datetime.now(timezone.utc).replace(microsecond=0)
         try:
-            built = kosmod.build_kos(self._kos_request(p, cda, prev_manifest))
+            built = kosmod.build_kos(self._kos_request(p, cda, prev_manifest, created))
         except kosmod.KosError as e:
             return Step("quarantined", f"cannot build the KOS: {e}")
         version = (previous["version"] + 1) if previous else 1
@@ -222,11 +225,12 @@ class Publisher:
                       "entry_uuid, state, replaces, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
                       (built.sop_instance_uid, kos_study, job.id, version, built.data,
                        f"urn:uuid:{uuid.uuid4()}", "pending",
-                       previous["kos_sop_uid"] if previous else None, time.time()))
+                       previous["kos_sop_uid"] if previous else None, created.timestamp()))
         return Step("built", "", payload={**p, "kos_uid": built.sop_instance_uid})
 
     def _kos_request(self, p: dict[str, Any], cda: CdaReport,
-                     previous: kosmod.KosManifest | None) -> kosmod.KosRequest:
+                     previous: kosmod.KosManifest | None,
+                     created: datetime) -> kosmod.KosRequest:
         st = p["pacs_study"]
         patient = kosmod.Patient(ins=p["ins"], ins_oid=p["ins_oid"],
                                  family_name=p.get("birth_family") or cda.birth_family,
@@ -247,6 +251,7 @@ class Publisher:
         return kosmod.KosRequest(patient=patient, study=study, instances=instances,
                                  public_url=self.config.box.public_url, previous=previous,
                                  uid_root=self.config.dicom.uid_root or None,
+                                 created=created.astimezone(),
                                  device_name=self.config.box.name)
 
     # -- built: talk to the DMP -----------------------------------------------------------------
@@ -257,15 +262,14 @@ class Publisher:
         pub = self.db.query_one("SELECT * FROM publications WHERE kos_sop_uid=?", (p["kos_uid"],))
         if pub is None:
             return Step("resolved", "the built KOS was lost; building again")
-        submission = self._submission(p, pub["kos"], pub["kos_sop_uid"])
+        submission = self._submission(p, pub)
         try:
             if pub["replaces"]:
                 # Look the old version up as the structure that published it: a box may only
                 # read back, in INDIRECTE mode, what its structure published.
                 prev = self.db.query_one("SELECT * FROM publications WHERE kos_sop_uid=?",
                                          (pub["replaces"],))
-                prev_submission = self._submission(self._job_payload(prev["job_id"]),
-                                                   prev["kos"], prev["kos_sop_uid"])
+                prev_submission = self._submission(self._job_payload(prev["job_id"]), prev)
                 old = await self._entry_uuid(pub["replaces"], prev_submission)
                 if old is None:
                     log.warning("previous KOS version not found in the DMP; publishing anew",
@@ -308,7 +312,7 @@ class Publisher:
         if target is None or target["state"] == "deleted":
             return Step("withdrawn", "already deleted")
         source = self._job_payload(target["job_id"])
-        previous = self._submission(source, target["kos"], target["kos_sop_uid"])
+        previous = self._submission(source, target)
         try:
             entry = await self._entry_uuid(target["kos_sop_uid"], previous)
             if entry is not None:
@@ -339,7 +343,9 @@ class Publisher:
             return False
 
     # -- DMP metadata from the report ---------------------------------------------------------
-    def _submission(self, p: dict[str, Any], kos_bytes: bytes, kos_uid: str) -> KosSubmission:
+    def _submission(self, p: dict[str, Any], pub: Any) -> KosSubmission:
+        """The DMP metadata of publication row ``pub`` (its KOS, uid and creation time)."""
+        kos_bytes, kos_uid = pub["kos"], pub["kos_sop_uid"]
         cda = self._cda(p)
         la = cda.legal_authenticator or cda.author
         au = cda.author or cda.legal_authenticator
@@ -381,7 +387,8 @@ class Publisher:
                                     cda.practice_setting.display) if cda.practice_setting else
             C.Code("AMBULATOIRE", C.PRACTICE_SETTING_SYSTEM),
             event_codes=tuple(events), reference_ids=tuple(refs), kos=kos_bytes, kos_uid=kos_uid,
-            creation_time=_kos_created(kos_bytes), service_start=start, service_stop=stop,
+            creation_time=datetime.fromtimestamp(pub["created_at"], timezone.utc),
+            service_start=start, service_stop=stop,
             confidentiality=flags, submission_set_uid=submission_uid, signature_uid=signature_uid)
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -453,12 +460,6 @@ def _ts(text: str) -> datetime | None:
     except ValueError:
         return None
     return t.replace(tzinfo=tz or timezone(timedelta(hours=1)))
-
-
-def _kos_created(data: bytes) -> datetime:
-    m = kosmod.parse_kos(data)
-    created = m.created or datetime.now(timezone.utc)
-    return created if created.tzinfo else created.replace(tzinfo=timezone.utc)
 
 
 def _dicom_sex(s: str) -> str:
