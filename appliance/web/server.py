@@ -15,7 +15,7 @@ from aiohttp import web
 from appliance import __version__
 from appliance.component import Health
 from appliance.config import Config
-from appliance.logs import new_correlation_id
+from appliance.logs import correlation_id, new_correlation_id
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +25,10 @@ HealthProvider = Callable[[], tuple[bool, dict[str, Any]]]
 @web.middleware
 async def _correlation(request: web.Request, handler: Any) -> web.StreamResponse:
     cid = request.headers.get("X-Correlation-ID", "")
-    if not (cid.isascii() and cid.replace("-", "").isalnum() and len(cid) <= 64):
-        cid = ""
-    cid = cid or new_correlation_id("h")
-    from appliance.logs import correlation_id
-    correlation_id.set(cid)
+    if cid and cid.isascii() and cid.replace("-", "").isalnum() and len(cid) <= 64:
+        correlation_id.set(cid)  # the caller's id, so its logs and ours join up
+    else:
+        cid = new_correlation_id("h")
     started = time.perf_counter()
     try:
         resp = await handler(request)

@@ -130,14 +130,13 @@ def test_admin_api_is_default_deny(running_box) -> None:
 
 
 def test_listening_sockets_are_exactly_the_interfaces(running_box) -> None:
-    """ARCHITECTURE.md §2: nothing else listens (HL7 joins with the source role)."""
+    """ARCHITECTURE.md §2: a box without the source role listens on DICOM and HTTP only (the
+    full source box, with HL7, is checked in tests/source/test_https.py)."""
     proc = psutil.Process(running_box.proc.pid)
     listening = sorted((c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
                        if c.status == psutil.CONN_LISTEN)
-    expected = sorted({("127.0.0.1", running_box.dicom), ("127.0.0.1", running_box.http)}
-                      | ({("127.0.0.1", running_box.hl7)} if any(
-                          p == running_box.hl7 for _, p in listening) else set()))
-    assert listening == expected
+    assert listening == sorted([("127.0.0.1", running_box.dicom),
+                                ("127.0.0.1", running_box.http)])
 
 
 def test_demo_check_runs_the_readme_main_job() -> None:
@@ -149,3 +148,15 @@ def test_demo_check_runs_the_readme_main_job() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "demo check: every step worked" in r.stdout
     assert "/dicom-web/studies?StudyInstanceUID=" in r.stdout
+
+
+def test_correlation_id_is_echoed_or_replaced(running_box) -> None:
+    import re
+
+    status, headers, _ = running_box.get("/healthz", headers={"X-Correlation-ID": "ris-42-abc"})
+    assert status == 200 and headers["X-Correlation-ID"] == "ris-42-abc"
+    for hostile in ("a b", "x" * 65, "é-1", "id;drop"):
+        status, headers, _ = running_box.get("/healthz", headers={"X-Correlation-ID": hostile})
+        assert re.fullmatch(r"h[0-9a-f]{16}", headers["X-Correlation-ID"]), hostile
+    status, headers, _ = running_box.get("/no/such/path")
+    assert status == 404 and re.fullmatch(r"h[0-9a-f]{16}", headers["X-Correlation-ID"])

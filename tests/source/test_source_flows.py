@@ -4,9 +4,11 @@ in the PACS, a patient mismatch, a DMP outage, IOCM rejection notes, crashes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pydicom
@@ -138,14 +140,12 @@ def test_iocm_rejection_note_replaces_then_deletes_the_kos(box, conformance_dir,
     datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     # The box also holds the images (fetched for a peer earlier): a rejection purges them.
     token = (box.data_dir / "admin-token").read_text().strip()
-    import json as _json
-    import urllib.request as _rq
-    req = _rq.Request(f"http://127.0.0.1:{box.http}/api/admin/pacs/retrieve", method="POST",
-                      data=_json.dumps({"study_uid": uid}).encode(),
-                      headers={"Authorization": f"Bearer {token}",
-                               "Content-Type": "application/json"})
-    with _rq.urlopen(req, timeout=60) as r:
-        assert _json.loads(r.read())["received"] == len(files)
+    req = urllib.request.Request(f"{box.base}/api/admin/pacs/retrieve", method="POST",
+                                 data=json.dumps({"study_uid": uid}).encode(),
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert json.loads(r.read())["received"] == len(files)
 
     def reject(dss: list) -> None:
         note = kosmod.build_rejection_note(kosmod.RejectionRequest(
