@@ -17,27 +17,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance.config import DmpConfig
 from appliance.dmp import (
-    Code,
     DmpClient,
     KosSubmission,
-    Organization,
     PatientId,
-    PatientInfo,
-    Person,
-    ReferenceId,
-    ReferenceType,
     TokenSigner,
 )
 from appliance.keys.testpki import make_test_pki
 from tests.dmp.conftest import client_context
-from tests.dmp.kos import make_kos
+from tests.dmp.kos import sample_submission
 from tests.dmp.pki import simulator_certs
 
 PATIENT = PatientId("248098765432112", "1.2.250.1.213.1.4.10")
@@ -58,20 +51,7 @@ class TimedSigner:
 
 
 def submission(instances: int) -> KosSubmission:
-    kos, uid = make_kos(instances)
-    now = datetime.now(UTC)
-    return KosSubmission(
-        patient=PATIENT, patient_info=PatientInfo("PAT-BENCH", "Alice", "19800102", "F"),
-        author=Person("899700367909", "DOC0036790", "KIT"),
-        institution=Organization("CABINET TEST DRIMBOX", "499700367909006"),
-        legal_authenticator=Person("899700367909", "DOC0036790", "KIT"),
-        facility_type=Code("SA07", "1.2.250.1.71.4.2.4"),
-        practice_setting=Code("AMBULATOIRE", "1.2.250.1.213.1.1.4.9"),
-        event_codes=(Code("CT", "1.2.250.1.213.1.1.5.618"),),
-        reference_ids=(ReferenceId("ACC-1", "1.2.250.1.999.2.1", ReferenceType.ACCESSION),
-                       ReferenceId("1.2.3.4", "1.2.3.4.5.6", ReferenceType.STUDY_UID)),
-        kos=kos, kos_uid=uid, creation_time=now, service_start=now - timedelta(hours=1),
-        service_stop=now)
+    return sample_submission(instances, patient=PATIENT)
 
 
 async def run(args: argparse.Namespace) -> dict:

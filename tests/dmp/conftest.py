@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,17 +16,12 @@ from appliance.dmp import (
     Code,
     DmpClient,
     KosSubmission,
-    Organization,
     PatientId,
-    PatientInfo,
-    Person,
-    ReferenceId,
-    ReferenceType,
     TokenSigner,
 )
 from appliance.dmp.client import MEDECIN
 from appliance.keys.testpki import TestPki
-from tests.dmp.kos import make_kos
+from tests.dmp.kos import sample_submission
 from tests.dmp.pki import SimulatorCerts, box_client_context, provider_missing, simulator_certs
 from tests.peers.dmp import DmpSimulator
 
@@ -91,28 +84,7 @@ async def client(dmp_config: DmpConfig, signer: TokenSigner, pki: TestPki) -> An
 
 @pytest.fixture
 def make_submission() -> Callable[..., KosSubmission]:
-    def make(n_instances: int = 3, **overrides: Any) -> KosSubmission:
-        kos, uid = make_kos(n_instances)
-        now = datetime.now(UTC)
-        s = KosSubmission(
-            patient=PATIENT,
-            patient_info=PatientInfo("PAT-TEST", "Alice", "19800102", "F"),
-            author=Person("899700367909", "DOC0036790", "KIT"),
-            institution=Organization("CABINET RADIOLOGIE TEST", "499700367909006"),
-            legal_authenticator=Person("899700367909", "DOC0036790", "KIT"),
-            facility_type=Code("SA07", "1.2.250.1.71.4.2.4", "Cabinet individuel"),
-            practice_setting=Code("AMBULATOIRE", "1.2.250.1.213.1.1.4.9", "Ambulatoire"),
-            event_codes=(Code("CT", "1.2.250.1.213.1.1.5.618", "Computed Tomography"),
-                         Code("774007", "1.2.250.1.213.1.1.5.695", "Tête et cou")),
-            reference_ids=(
-                ReferenceId("ACC-0001", "1.2.250.1.999.2.1", ReferenceType.ACCESSION),
-                ReferenceId("1.2.3.4.5.6.7", "1.2.3.4.5.6", ReferenceType.STUDY_UID),
-                ReferenceId("ORD-0001", "1.2.250.1.999.2.2", ReferenceType.ORDER)),
-            kos=kos, kos_uid=uid, creation_time=now,
-            service_start=now - timedelta(hours=1), service_stop=now - timedelta(minutes=30),
-        )
-        return replace(s, **overrides) if overrides else s
-    return make
+    return sample_submission
 
 
 @pytest.fixture
