@@ -164,7 +164,12 @@ class Store:
             leftover.unlink(missing_ok=True)
         row = self.db.query_one("SELECT COALESCE(SUM(size), 0) AS used FROM instances")
         self._used = int(row["used"]) if row else 0
-        self.recover_orphans()
+        # Only an unclean stop (crash, power cut) can leave files without a row: walk the
+        # whole tree then, not at every start.
+        if self._clean_marker.exists():
+            self._clean_marker.unlink()
+        else:
+            self.recover_orphans()
 
     def recover_orphans(self) -> int:
         """Index instance files that have no row.
@@ -200,6 +205,11 @@ class Store:
         if self._db is not None:
             self._db.close()
             self._db = None
+            self._clean_marker.touch()
+
+    @property
+    def _clean_marker(self) -> Path:
+        return self.config.box.data_dir / ".store-closed-cleanly"
 
     @property
     def db(self) -> Database:

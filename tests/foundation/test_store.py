@@ -205,7 +205,7 @@ def test_acknowledged_file_without_row_is_reindexed_at_open(tmp_path: Path, stud
     stored = [s.ingest_bytes(p.read_bytes()) for p in study[:3]]
     s.db.execute("DELETE FROM instances WHERE sop_uid=?", (stored[1].sop_uid,))  # lost commit
     (s.root / stored[0].study_uid / stored[0].series_uid / "9.9.9.dcm").write_bytes(b"junk")
-    s.close()
+    s = Store(_cfg(tmp_path))  # the process died: no close(), so the next start checks
     s.open()
     row = s.db.query_one("SELECT size FROM instances WHERE sop_uid=?", (stored[1].sop_uid,))
     assert row is not None and row["size"] == stored[1].size
