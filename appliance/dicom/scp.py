@@ -13,6 +13,8 @@ import errno
 import logging
 import socket
 import threading
+import time
+import types
 from typing import Any
 
 from pydicom import Dataset
@@ -122,6 +124,31 @@ def ingest_status(store: Store, event: evt.Event) -> int | Dataset:
 #: the cost is about 5 % of a core more per association that sits idle (measured), until
 #: network_timeout ends it.
 DUL_POLL_SECONDS = 0.0002
+
+
+#: pynetdicom's association thread naps a hard-coded 1 ms between looks at its message queue
+#: (``Association._run_reactor``), so every received instance waits on average half of that
+#: before its handler runs, and the next one again. There is no setting for it: its module's
+#: ``time`` is swapped for one whose ``sleep`` shortens exactly that nap (every other sleep of
+#: the module is left as is). Measured: ~0.5 ms less per instance on 300-slice CT ingest.
+REACTOR_NAP_SECONDS = DUL_POLL_SECONDS
+
+
+def _shorten_reactor_nap() -> None:
+    import pynetdicom.association as module
+
+    if isinstance(module.time, types.SimpleNamespace):
+        return
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        real_sleep(REACTOR_NAP_SECONDS if seconds == 0.001 else seconds)
+
+    names = {k: getattr(time, k) for k in dir(time) if not k.startswith("__")}
+    module.time = types.SimpleNamespace(**{**names, "sleep": sleep})
+
+
+_shorten_reactor_nap()
 
 
 def tune_association(event: evt.Event) -> None:
