@@ -1,168 +1,42 @@
 """The box's DICOM node: C-ECHO and C-STORE SCP for the site PACS and the configured modalities.
 
-pynetdicom runs the server and one thread per association. The C-STORE handler does the minimum:
-it hands the bytes exactly as received to the store (which validates, fsyncs and renames into
-place) and turns the store's verdict into a DIMSE status. An association that is aborted or cut
-mid-transfer never reaches the handler, so nothing is half-stored.
+One asyncio task per association (appliance/dicom/ul.py reads the PDUs). A C-STORE's data set is
+gathered as it arrives and handed, with the file meta the receiver owes it, to the store in a
+worker thread (which validates, fsyncs and renames into place); the store's verdict becomes the
+DIMSE status. The response goes out only once the instance is stored and indexed, so a sender
+that got "success" can rely on it. An association aborted or cut mid-transfer never reaches the
+store: nothing is half-stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
+import concurrent.futures
 import logging
 import socket
-import threading
-import time
-import types
 from typing import Any
 
-from pydicom import Dataset
-from pydicom.uid import (
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    HTJ2K,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    ImplicitVRLittleEndian,
-    JPEG2000,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
-from pynetdicom.association import Association
+from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from appliance.component import Health
 from appliance.config import Config
-from appliance.store import InvalidInstance, Store, StoreFull
+from appliance.store import Store
+
+from . import dimse, ul
+from .ingest import (
+    OUT_OF_RESOURCES,
+    STORAGE_SOP_CLASSES,
+    STORAGE_TRANSFER_SYNTAXES,
+    SUCCESS,
+    ingest_result,
+    part10,
+)
 
 log = logging.getLogger("appliance.dicom")
 
-# Identifiers carry patient names and IDs; pynetdicom must never write them to the logs.
-_config.LOG_REQUEST_IDENTIFIERS = False
-_config.LOG_RESPONSE_IDENTIFIERS = False
-
-#: Transfer syntaxes the box accepts for storage, most common first (the requestor's order wins).
-STORAGE_TRANSFER_SYNTAXES: tuple[UID, ...] = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    JPEGBaseline8Bit,       # .4.50
-    JPEGExtended12Bit,      # .4.51
-    JPEGLossless,           # .4.57
-    JPEGLosslessSV1,        # .4.70
-    JPEGLSLossless,         # .4.80
-    JPEGLSNearLossless,     # .4.81
-    JPEG2000Lossless,       # .4.90
-    JPEG2000,               # .4.91
-    HTJ2KLossless,          # .4.201
-    HTJ2KLosslessRPCL,      # .4.202
-    HTJ2K,                  # .4.203
-    RLELossless,            # .5
-    ExplicitVRBigEndian,    # retired, still sent by old modalities
-)
-
-#: Every storage SOP class pynetdicom knows (the 128-context limit binds requestors, not us).
-STORAGE_SOP_CLASSES: tuple[UID, ...] = tuple(
-    UID(cx.abstract_syntax) for cx in AllStoragePresentationContexts if cx.abstract_syntax
-)
-
-# DIMSE statuses (PS3.4 Annex B, PS3.7 Annex C).
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC000
-PROCESSING_FAILURE = 0x0110
-
-
-def _status(code: int, comment: str) -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    ds.ErrorComment = comment[:64]  # LO: at most 64 characters
-    return ds
-
-
-def ingest_status(store: Store, event: evt.Event) -> int | Dataset:
-    """Store one received C-STORE dataset as is; return the DIMSE status for the peer.
-
-    Shared by the SCP and by the PACS link's C-GET (whose C-STOREs arrive on its own association).
-    """
-    try:
-        data = event.encoded_dataset()  # preamble + file meta + dataset exactly as received
-        inst = store.ingest_bytes(data)
-    except StoreFull as e:
-        log.warning("C-STORE refused: store full", extra={"reason": str(e)})
-        return _status(OUT_OF_RESOURCES, f"Out of resources: {e}")
-    except InvalidInstance as e:
-        log.warning("C-STORE refused: invalid instance", extra={"reason": str(e)})
-        return _status(CANNOT_UNDERSTAND, f"Invalid instance: {e}")
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            log.error("C-STORE refused: disk full")
-            return _status(OUT_OF_RESOURCES, "Out of resources: disk full")
-        log.exception("C-STORE failed: I/O error")
-        return _status(PROCESSING_FAILURE, "Processing failure: I/O error")
-    except Exception:  # a bug must not kill the association thread silently
-        log.exception("C-STORE failed")
-        return _status(PROCESSING_FAILURE, "Processing failure")
-    log.debug("C-STORE stored", extra={"size": inst.size, "transfer_syntax": inst.transfer_syntax})
-    return SUCCESS
-
-
-#: pynetdicom's DUL thread sleeps this long whenever it finds nothing to do (its default is 1 ms).
-#: Ingest is latency-bound, not CPU-bound: each instance waits several such naps between PDUs
-#: and around the response. 0.2 ms measured ~1.3-1.8x faster on 300-slice CT for the same CPU;
-#: the cost is about 5 % of a core more per association that sits idle (measured), until
-#: network_timeout ends it.
-DUL_POLL_SECONDS = 0.0002
-
-
-#: pynetdicom's association thread naps a hard-coded 1 ms between looks at its message queue
-#: (``Association._run_reactor``), so every received instance waits on average half of that
-#: before its handler runs, and the next one again. There is no setting for it: its module's
-#: ``time`` is swapped for one whose ``sleep`` shortens exactly that nap (every other sleep of
-#: the module is left as is). Measured: ~0.5 ms less per instance on 300-slice CT ingest.
-REACTOR_NAP_SECONDS = DUL_POLL_SECONDS
-
-
-def _shorten_reactor_nap() -> None:
-    import pynetdicom.association as module
-
-    if isinstance(module.time, types.SimpleNamespace):
-        return
-    real_sleep = time.sleep
-
-    def sleep(seconds: float) -> None:
-        real_sleep(REACTOR_NAP_SECONDS if seconds == 0.001 else seconds)
-
-    names = {k: getattr(time, k) for k in dir(time) if not k.startswith("__")}
-    module.time = types.SimpleNamespace(**{**names, "sleep": sleep})
-
-
-_shorten_reactor_nap()
-
-
-def tune_association(event: evt.Event) -> None:
-    """On each new connection: TCP_NODELAY (Nagle plus delayed ACK stalls every DIMSE exchange
-    by ~40 ms) and a shorter DUL poll interval."""
-    dul = event.assoc.dul
-    if hasattr(dul, "_run_loop_delay"):  # private in pynetdicom 3.0; harmless if it goes away
-        dul._run_loop_delay = DUL_POLL_SECONDS
-    sock = dul.socket
-    if sock is not None and sock.socket is not None:
-        try:
-            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # the peer already left; the association will notice
-            pass
+VERIFICATION = str(Verification)
 
 
 class DicomNode:
@@ -173,10 +47,15 @@ class DicomNode:
     def __init__(self, config: Config, store: Store) -> None:
         self._config = config
         self._store = store
-        self._server: ThreadedAssociationServer | None = None
-        self._lock = threading.Lock()
+        self._server: asyncio.Server | None = None
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._stats = {"associations": 0, "refused": 0, "aborted": 0, "stored": 0, "failed": 0}
         self._stopping = False
+        self._contexts = [build_context(Verification, [ExplicitVRLittleEndian,
+                                                       ImplicitVRLittleEndian])]
+        self._contexts += [build_context(c, list(STORAGE_TRANSFER_SYNTAXES))
+                           for c in STORAGE_SOP_CLASSES]
 
     @property
     def allowed_calling_aets(self) -> list[str]:
@@ -187,42 +66,24 @@ class DicomNode:
     @property
     def port(self) -> int:
         """The bound TCP port (useful when the configuration asks for port 0)."""
-        if self._server is None:
+        if self._server is None or not self._server.sockets:
             raise RuntimeError("DICOM node is not started")
-        return int(self._server.server_address[1])
+        return int(self._server.sockets[0].getsockname()[1])
 
-    def _make_ae(self) -> AE:
-        cfg = self._config.dicom
-        ae = AE(ae_title=cfg.ae_title)
-        ae.maximum_pdu_size = cfg.max_pdu
-        ae.maximum_associations = cfg.max_associations
-        ae.network_timeout = cfg.network_timeout
-        ae.acse_timeout = cfg.network_timeout
-        ae.dimse_timeout = cfg.network_timeout
-        ae.require_calling_aet = self.allowed_calling_aets
-        ae.require_called_aet = True
-        ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        for sop_class in STORAGE_SOP_CLASSES:
-            ae.add_supported_context(sop_class, list(STORAGE_TRANSFER_SYNTAXES))
-        return ae
+    def active_sockets(self) -> list[socket.socket]:
+        """The sockets of the associations in progress (diagnostics)."""
+        return [w.get_extra_info("socket") for w in self._connections.values()]
 
     async def start(self) -> None:
         if self._server is not None:
             return
         cfg = self._config.dicom
-        ae = self._make_ae()
-        handlers: list[Any] = [
-            (evt.EVT_CONN_OPEN, tune_association),
-            (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_ESTABLISHED, self._on_established),
-            (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_ABORTED, self._on_aborted),
-        ]
         self._stopping = False
-        # Binding is quick but blocking; keep it off the loop anyway.
-        self._server = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: ae.start_server((cfg.bind, cfg.port), block=False, evt_handlers=handlers)
-        )
+        self._pool = concurrent.futures.ThreadPoolExecutor(cfg.max_associations,
+                                                           thread_name_prefix="dicom-ingest")
+        # The stream buffer holds at least a whole PDU, so reading never pauses mid-PDU.
+        limit = max(cfg.max_pdu or 0, 1 << 20) + 6
+        self._server = await asyncio.start_server(self._serve, cfg.bind, cfg.port, limit=limit)
         log.info("DICOM node listening", extra={"ae_title": cfg.ae_title, "bind": cfg.bind,
                                                 "port": self.port, "max_pdu": cfg.max_pdu})
 
@@ -231,62 +92,178 @@ class DicomNode:
         if server is None:
             return
         self._stopping = True
-        await asyncio.get_running_loop().run_in_executor(None, self._shutdown, server)
+        server.close()
+        # Abort whatever is in flight: a C-STORE whose data set has not fully arrived is dropped
+        # (never stored); one already in the store completes atomically (the pool is drained).
+        for writer in list(self._connections.values()):
+            _abort(writer, 0)
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown, True)
         log.info("DICOM node stopped")
 
-    def _shutdown(self, server: ThreadedAssociationServer) -> None:
-        # Stop accepting first, then abort whatever is in flight: a C-STORE whose dataset has not
-        # fully arrived is dropped (never stored); one already in the store completes atomically.
-        server.shutdown()
-        assocs: list[Association] = server.active_associations
-        for assoc in assocs:
-            assoc.abort()
-        for assoc in assocs:
-            assoc.join(timeout=5)
-
     def health(self) -> Health:
-        server = self._server
-        with self._lock:
-            details: dict[str, Any] = dict(self._stats)
-        if server is None:
+        details: dict[str, Any] = dict(self._stats)
+        if self._server is None:
             return Health(ready=False, status="stopped", details=details)
-        details["port"] = int(server.server_address[1])
-        details["active"] = len(server.active_associations)
+        details["port"] = self.port
+        details["active"] = len(self._connections)
         return Health(ready=True, status="ok", details=details)
 
-    # -- pynetdicom handlers (run in association threads) --
+    # -- one association -------------------------------------------------------------------
 
-    def _count(self, key: str) -> None:
-        with self._lock:
-            self._stats[key] += 1
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = writer
+        peer = writer.get_extra_info("peername")
+        calling = ""
+        try:
+            calling = await self._associate(reader, writer, peer)
+        except ul.ProtocolError as e:
+            self._stats["aborted"] += 1
+            log.warning("association aborted: protocol error",
+                        extra={"reason": str(e), "calling_ae": calling, "peer": peer})
+            _abort(writer, e.reason)
+        except TimeoutError:
+            self._stats["aborted"] += 1
+            log.info("association aborted: network timeout",
+                     extra={"calling_ae": calling, "peer": peer})
+            _abort(writer, 0)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self._stats["aborted"] += 1
+            log.info("association aborted: connection lost", extra={"peer": peer})
+        except asyncio.CancelledError:
+            pass  # stop(): the A-ABORT is already sent
+        finally:
+            del self._connections[task]
+            writer.close()
 
-    def _on_store(self, event: evt.Event) -> int | Dataset:
+    async def _associate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         peer: Any) -> str:
+        cfg = self._config.dicom
+        async with asyncio.timeout(cfg.network_timeout):  # ARTIM: the request comes first
+            kind, body = await ul.read_pdu(reader, ul.MAX_ASSOCIATE_PDU)
+        if kind != ul.ASSOCIATE_RQ:
+            raise ul.ProtocolError("the first PDU is not an A-ASSOCIATE-RQ")
+        request = ul.decode_request(body)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            reason, rj = refusal
+            self._stats["refused"] += 1
+            log.warning("association refused", extra={"reason": reason, "peer": peer,
+                                                      "calling_ae": request.calling_ae})
+            writer.write(ul.reject_pdu(*rj))
+            await writer.drain()
+            return request.calling_ae
+        ac, accepted = ul.accept(request, self._contexts, cfg.max_pdu)
+        writer.write(ac)
+        self._stats["associations"] += 1
+        log.debug("association accepted", extra={"calling_ae": request.calling_ae,
+                                                 "peer": peer})
+        await self._exchange(reader, writer, accepted, request)
+        return request.calling_ae
+
+    def _refusal(self, rq: ul.Request) -> tuple[str, tuple[int, int, int]] | None:
+        cfg = self._config.dicom
+        if rq.calling_ae not in self.allowed_calling_aets:
+            return "calling AE title not allowed", (ul.REJECT_PERMANENT, ul.SOURCE_USER,
+                                                    ul.REASON_CALLING_AE)
+        if rq.called_ae != cfg.ae_title:
+            return "called AE title is not the box's", (ul.REJECT_PERMANENT, ul.SOURCE_USER,
+                                                        ul.REASON_CALLED_AE)
+        if str(rq.primitive.application_context_name) != ul.APPLICATION_CONTEXT:
+            return "unknown application context", (ul.REJECT_PERMANENT, ul.SOURCE_USER,
+                                                   ul.REASON_CONTEXT_NAME)
+        if self._stopping or len(self._connections) > cfg.max_associations:
+            return "too many associations", (ul.REJECT_TRANSIENT, ul.SOURCE_PRESENTATION,
+                                             ul.REASON_LOCAL_LIMIT)
+        return None
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        accepted: dict[int, tuple[str, str]], request: ul.Request) -> None:
+        """DIMSE messages until the peer releases or aborts."""
+        cfg = self._config.dicom
+        max_pdu = cfg.max_pdu or 0xFFFFFFFF
+        command = bytearray()
+        current: dimse.Command | None = None
+        context: int | None = None  # every fragment of one message is on one context
+        data_set: list[bytes] = []
+        while True:
+            async with asyncio.timeout(cfg.network_timeout):
+                kind, body = await ul.read_pdu(reader, max_pdu)
+            if kind == ul.RELEASE_RQ:
+                writer.write(ul.RELEASE_RP_PDU)
+                await writer.drain()
+                return
+            if kind == ul.ABORT:
+                self._stats["aborted"] += 1
+                log.info("association aborted by the peer", extra={
+                    "calling_ae": request.calling_ae, "peer": writer.get_extra_info("peername")})
+                return
+            if kind != ul.P_DATA:
+                raise ul.ProtocolError(f"unexpected PDU type 0x{kind:02x}")
+            for context_id, header, fragment in ul.pdvs(body):
+                if context_id not in accepted:
+                    raise ul.ProtocolError(f"PDV on presentation context {context_id}, which "
+                                           "was not accepted", ul.ABORT_INVALID_PARAMETER)
+                if context is not None and context_id != context:
+                    raise ul.ProtocolError("one message on two presentation contexts")
+                context = context_id
+                if header & 0x01:  # command fragment
+                    if current is not None:
+                        raise ul.ProtocolError("command fragment inside a data set")
+                    command += fragment
+                    if len(command) > dimse.MAX_COMMAND_BYTES:
+                        raise ul.ProtocolError("command set too long")
+                    if not header & 0x02:
+                        continue
+                    try:
+                        current = dimse.decode(bytes(command))
+                    except dimse.CommandError as e:
+                        raise ul.ProtocolError(str(e), ul.ABORT_INVALID_PARAMETER) from None
+                    command.clear()
+                    if current.has_data_set:
+                        continue
+                    reply = self._answer(current, accepted[context_id], None, request)
+                else:  # data set fragment
+                    if current is None:
+                        raise ul.ProtocolError("data set fragment without a command set")
+                    data_set.append(bytes(fragment))
+                    if not header & 0x02:
+                        continue
+                    reply = self._answer(current, accepted[context_id], data_set, request)
+                writer.write(ul.p_data(context_id, await reply))
+                current, context, data_set = None, None, []
+
+    async def _answer(self, command: dimse.Command, context: tuple[str, str],
+                      data_set: list[bytes] | None, request: ul.Request) -> bytes:
+        abstract, transfer_syntax = context
+        if command.field == dimse.C_ECHO_RQ and data_set is None and abstract == VERIFICATION:
+            return dimse.response(command, SUCCESS)
+        if command.field != dimse.C_STORE_RQ or data_set is None or abstract == VERIFICATION:
+            raise ul.ProtocolError(f"DIMSE command 0x{command.field:04x} is not served here "
+                                   f"(presentation context {abstract})")
         if self._stopping:
-            return _status(OUT_OF_RESOURCES, "Out of resources: node stopping")
-        status = ingest_status(self._store, event)
-        self._count("stored" if status == SUCCESS else "failed")
-        return status
+            return dimse.response(command, OUT_OF_RESOURCES, "Out of resources: node stopping")
+        data = part10(command.sop_class_uid or abstract, command.sop_instance_uid,
+                      transfer_syntax, data_set)
+        data_set.clear()
+        status, comment = await asyncio.get_running_loop().run_in_executor(
+            self._pool, ingest_result, self._store, data)
+        self._stats["stored" if status == SUCCESS else "failed"] += 1
+        return dimse.response(command, status, comment)
 
-    def _on_established(self, event: evt.Event) -> None:
-        self._count("associations")
-        log.debug("association accepted", extra={"calling_ae": event.assoc.requestor.ae_title,
-                                                 "peer": event.assoc.requestor.address})
 
-    def _on_rejected(self, event: evt.Event) -> None:
-        self._count("refused")
-        rq = event.assoc.requestor
-        calling = (rq.ae_title or "").strip()
-        if calling not in self.allowed_calling_aets:
-            reason = "calling AE title not allowed"
-        elif (rq.primitive is not None
-              and rq.primitive.called_ae_title.strip() != self._config.dicom.ae_title):
-            reason = "called AE title is not the box's"
-        else:
-            reason = "too many associations"
-        log.warning("association refused", extra={"reason": reason, "calling_ae": calling,
-                                                  "peer": rq.address})
-
-    def _on_aborted(self, event: evt.Event) -> None:
-        self._count("aborted")
-        log.info("association aborted", extra={"calling_ae": event.assoc.requestor.ae_title,
-                                               "peer": event.assoc.requestor.address})
+def _abort(writer: asyncio.StreamWriter, reason: int) -> None:
+    """Send A-ABORT and drop the connection (best effort: the peer may be gone already)."""
+    try:
+        if not writer.is_closing():
+            writer.write(ul.abort_pdu(reason))
+    except (ConnectionError, RuntimeError):
+        pass

@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 import threading
 import time
+import types
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,9 +39,68 @@ from appliance.component import Health
 from appliance.config import Config
 from appliance.store import Store, StoredInstance, valid_uid
 
-from .scp import STORAGE_SOP_CLASSES, STORAGE_TRANSFER_SYNTAXES, ingest_status, tune_association
+from .ingest import STORAGE_SOP_CLASSES, STORAGE_TRANSFER_SYNTAXES, ingest_result
 
 log = logging.getLogger("appliance.dicom.pacs")
+
+
+def ingest_status(store: Store, event: evt.Event) -> int | Dataset:
+    """A C-STORE received on the link's own association (C-GET) into the store; its status."""
+    status, comment = ingest_result(store, event.encoded_dataset())
+    if status == 0x0000:
+        return status
+    ds = Dataset()
+    ds.Status, ds.ErrorComment = status, comment[:64]
+    return ds
+
+
+#: pynetdicom's DUL thread sleeps this long whenever it finds nothing to do (its default is 1 ms).
+#: Ingest is latency-bound, not CPU-bound: each instance waits several such naps between PDUs
+#: and around the response. 0.2 ms measured ~1.3-1.8x faster on 300-slice CT for the same CPU;
+#: the cost is about 5 % of a core more per association that sits idle (measured), until
+#: network_timeout ends it.
+DUL_POLL_SECONDS = 0.0002
+
+
+#: pynetdicom's association thread naps a hard-coded 1 ms between looks at its message queue
+#: (``Association._run_reactor``), so every received instance waits on average half of that
+#: before its handler runs, and the next one again. There is no setting for it: its module's
+#: ``time`` is swapped for one whose ``sleep`` shortens exactly that nap (every other sleep of
+#: the module is left as is). Measured: ~0.5 ms less per instance on 300-slice CT ingest.
+REACTOR_NAP_SECONDS = DUL_POLL_SECONDS
+
+
+def _shorten_reactor_nap() -> None:
+    import pynetdicom.association as module
+
+    if isinstance(module.time, types.SimpleNamespace):
+        return
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        real_sleep(REACTOR_NAP_SECONDS if seconds == 0.001 else seconds)
+
+    names = {k: getattr(time, k) for k in dir(time) if not k.startswith("__")}
+    module.time = types.SimpleNamespace(**{**names, "sleep": sleep})
+
+
+_shorten_reactor_nap()
+
+
+def tune_association(event: evt.Event) -> None:
+    """On each new connection: TCP_NODELAY (Nagle plus delayed ACK stalls every DIMSE exchange
+    by ~40 ms) and a shorter DUL poll interval."""
+    dul = event.assoc.dul
+    if hasattr(dul, "_run_loop_delay"):  # private in pynetdicom 3.0; harmless if it goes away
+        dul._run_loop_delay = DUL_POLL_SECONDS
+    sock = dul.socket
+    if sock is not None and sock.socket is not None:
+        try:
+            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # the peer already left; the association will notice
+            pass
+
+
 
 T = TypeVar("T")
 

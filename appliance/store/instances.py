@@ -8,6 +8,7 @@ rename, and files without a row are swept at open.
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import io
 import logging
@@ -116,6 +117,20 @@ def _ends_with_delimiter(value: bytes) -> bool:
         return n >= 1
     except (ValueError, EOFError, TypeError):
         return False
+
+
+_fsync_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_fsync_pool_lock = threading.Lock()
+
+
+def _fsyncer() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads that only fsync, shared by every store of the process (one per association
+    that can be receiving at once is plenty; fsync waits on the disk, not the CPU)."""
+    global _fsync_pool
+    with _fsync_pool_lock:
+        if _fsync_pool is None:
+            _fsync_pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="fsync")
+        return _fsync_pool
 
 
 def _fsync_dir(path: Path) -> None:
@@ -236,17 +251,28 @@ class Store:
 
     # -- ingest ------------------------------------------------------------------------------
     def ingest_bytes(self, data: bytes | bytearray | memoryview) -> StoredInstance:
-        """Store one complete Part 10 file exactly as given."""
-        ds = self._parse(io.BytesIO(data))
-        tmp = self.tmp_dir / uuid.uuid4().hex
+        """Store one complete Part 10 file exactly as given.
+
+        The file is written first and its fsync runs in another thread while this one parses
+        and validates (fsync releases the GIL): the two longest steps of ingest overlap. An
+        invalid instance only ever reaches the temp directory, and is removed from there.
+        """
         size = len(data)
         self._reserve(size)
+        tmp = self.tmp_dir / uuid.uuid4().hex
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+            try:
+                with open(fd, "wb", closefd=False) as f:
+                    f.write(data)
+                synced = _fsyncer().submit(os.fsync, fd) if self.fsync else None
+                try:
+                    ds = self._parse(io.BytesIO(data))
+                finally:
+                    if synced is not None:  # wait even on failure: never fsync a closed fd
+                        synced.result()
+            finally:
+                os.close(fd)
             return self._commit(ds, tmp, size)
         except BaseException:
             tmp.unlink(missing_ok=True)

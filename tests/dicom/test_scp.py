@@ -119,8 +119,7 @@ async def test_sockets_have_nodelay_and_the_configured_max_pdu(
     try:
         assoc, sock = await asyncio.to_thread(_associate, node.port)
         assert assoc.acceptor.maximum_length == 65536  # type: ignore[attr-defined]
-        (server_side,) = node._server.active_associations  # type: ignore[union-attr]
-        raw = server_side.dul.socket.socket
+        (raw,) = node.active_sockets()
         assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         await asyncio.to_thread(assoc.release)  # type: ignore[attr-defined]
     finally:
@@ -379,3 +378,20 @@ async def test_disk_full_answers_out_of_resources_and_leaves_no_partial_file(
         st.close()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("first", [
+    b"\x01\x00\x00\x00\x00\x10" + b"\xff" * 16,        # A-ASSOCIATE-RQ that does not decode
+    b"\x04\x00\x00\x00\x00\x08" + b"\x00" * 8,         # P-DATA before any association
+    b"\x01\x00\xff\xff\xff\xff",                       # a 4 GB association request
+], ids=["garbage-rq", "pdata-first", "huge-rq"])
+async def test_bad_association_request_is_aborted(node: DicomNode, first: bytes) -> None:
+    def exchange() -> bytes:
+        with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
+            s.sendall(first)
+            return s.recv(64)
+
+    answer = await asyncio.to_thread(exchange)
+    assert answer[:1] == b"\x07"  # A-ABORT, at once, not after a timeout
+    assert node.health().details["aborted"] >= 1
+    await _still_serving(node)
