@@ -153,6 +153,16 @@ async def test_answers_stream_through(front, pki) -> None:
             assert (await asyncio.wait_for(r.content.read(), 10)).endswith(b"--b--\r\n")
 
 
+async def test_head_has_the_headers_and_no_body(front, pki) -> None:
+    gw, backend, base = front
+    async with aiohttp.ClientSession() as s:
+        async with s.head(f"{base}/echo", ssl=anonymous(pki)) as r:
+            assert r.status == 200 and r.headers["X-Echo"] == "1"
+            assert await r.read() == b""
+        async with s.get(f"{base}/echo", ssl=anonymous(pki)) as r:  # the connection still works
+            assert r.status == 200 and await r.json() == {"ok": True}
+
+
 async def test_the_app_down_is_a_clear_503(front, pki) -> None:
     gw, backend, base = front
     await backend.stop()
