@@ -1,13 +1,18 @@
 """The composition root: which components a box runs, built from its configuration.
 
 Roles and components never construct each other; everything is wired here, once. Start order is
-list order: state first, then keys, the DICOM node and PACS link, the DMP link, the source role
-(outbox, IOCM, HL7 intake), and HTTP last, so /healthz answers only when the rest is up.
+list order: state first, then keys and the TLS gateway, the DICOM node and PACS link, the DMP link,
+the source role (outbox, IOCM, HL7 intake), and HTTP last, so /healthz answers only when the rest
+is up.
+
+This process never loads pkcs11-provider: TLS with a token key (DMP mTLS, the HTTPS server) runs in
+the TLS gateway child process (``appliance.tlsgateway``), so the daemon's PKCS#11 module can be
+re-initialised when its token comes back.
 """
 
 from __future__ import annotations
 
-import ssl
+from typing import Any
 
 from aiohttp import web
 
@@ -33,6 +38,9 @@ def build(config: Config) -> Daemon:
 
         keys = KeysComponent(config.hsm, cert_dir=config.box.data_dir / "certs")
         components.append(keys)
+    gateway = _tls_gateway(config, keys)
+    if gateway is not None:
+        components.append(gateway)
     components += [DicomNode(config, store), pacs]
 
     outbox = None
@@ -47,7 +55,7 @@ def build(config: Config) -> Daemon:
         if keys is None or not config.dmp.enabled:
             raise SystemExit("roles.source needs hsm.enabled and dmp.enabled: the source role "
                              "signs and publishes with the structure's token keys")
-        dmp = DmpLink(config, keys)
+        dmp = DmpLink(config, keys, gateway)
         publisher = Publisher(config, store.db_lazy, pacs, dmp,
                               image_retry_max=config.source.image_retry_max, store=store)
         outbox = Outbox(store.db_lazy, {"report": publisher.report, "iocm": publisher.iocm})
@@ -63,26 +71,23 @@ def build(config: Config) -> Daemon:
         "/dicom-web": dicomweb.make_app(store),
     }
     daemon = Daemon(config, components)
-    app = make_app(daemon.health, subapps)
-    components.append(HttpServer(config, app, ssl_context=_server_tls(config)))
+    app_socket = gateway.plan.app_socket if gateway is not None and gateway.plan.ingress \
+        else None
+    app = make_app(daemon.health, subapps, behind_gateway=app_socket is not None)
+    components.append(HttpServer(config, app, unix_path=app_socket))
     return daemon
 
 
-def _server_tls(config: Config) -> ssl.SSLContext | None:
-    """HTTPS: the server key stays on the token; the certificate is ``http.cert_file`` or, when
-    unset, the one stored with the key, chained from ``hsm.trust_anchors``."""
-    if not config.http.tls:
+def _tls_gateway(config: Config, keys: Any) -> Any:
+    """The TLS gateway, when something needs TLS with a token key: HTTPS (``http.tls``) or the
+    DMP (the source role)."""
+    if keys is None:
+        if config.http.tls:
+            raise SystemExit("http.tls needs hsm.enabled: the HTTPS server key is on the "
+                             "structure's token")
+        return None  # (the source role refuses to run without keys, below)
+    if not (config.http.tls or config.roles.source):
         return None
-    import dataclasses
+    from appliance.tlsgateway.supervisor import TlsGateway
 
-    from appliance.keys import Token, certs, tls
-    from appliance.keys.chain import chain_for, write_chain
-
-    if config.http.cert_file is None:
-        with Token.from_config(config.hsm, cert_dir=config.box.data_dir / "certs") as token:
-            leaf = token.certificate(config.http.server_key_label)
-        chain = write_chain(config.runtime_dir / "server-chain.pem",
-                            chain_for(leaf, certs.load_pem_certificates(config.hsm.trust_anchors)))
-        config = dataclasses.replace(config, http=dataclasses.replace(config.http,
-                                                                      cert_file=chain))
-    return tls.box_server_context(config)
+    return TlsGateway(config, keys)

@@ -2,9 +2,13 @@
 signatures on SoftHSM2; and the share of time spent signing on the token.
 
     /work/venv/bin/python bench/bench_dmp.py [--n 40] [--instances 300] [--concurrency 1]
+                                             [--gateway]
 
 The simulator runs in its own process (``python -m tests.peers.dmp``), as in the demo, so its
-xmlsec verification does not share the client's event loop. Prints one JSON object.
+xmlsec verification does not share the client's event loop. Without ``--gateway`` the client
+does mTLS itself (pkcs11-provider in this process); with it, the client sends plain HTTP to a TLS
+gateway process (``python -m appliance.tlsgateway``) that does the mTLS, as the daemon does.
+Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import aiohttp
+
+from appliance import config as config_mod
 from appliance.config import DmpConfig
 from appliance.dmp import (
     DmpClient,
@@ -31,7 +38,10 @@ from appliance.dmp import (
 from appliance.keys.testpki import make_test_pki
 from tests.dmp.conftest import client_context
 from tests.dmp.kos import sample_submission
+from appliance.tlsgateway import contract
 from tests.dmp.pki import simulator_certs
+
+REPO = Path(__file__).resolve().parent.parent
 
 PATIENT = PatientId("248098765432112", "1.2.250.1.213.1.4.10")
 
@@ -54,11 +64,38 @@ def submission(instances: int) -> KosSubmission:
     return sample_submission(instances, patient=PATIENT)
 
 
+def start_gateway(pki, url: str, d: Path) -> tuple[subprocess.Popen, contract.Plan]:
+    """A TLS gateway on a box configuration whose DMP is the simulator at ``url``."""
+    hsm = pki.hsm_config(0)
+    text = (config_mod.example(str(d / "data"))
+            .replace('module = "/usr/lib/softhsm/libsofthsm2.so"', f'module = "{hsm.module}"')
+            .replace('token_label = "drimbox"', f'token_label = "{hsm.token_label}"')
+            .replace('pin_file = "/run/credentials/drimbox.service/hsm-pin"',
+                     f'pin_file = "{hsm.pin_file}"\ntrust_anchors = ["{pki.bundle}"]')
+            .replace('url = "https://dmp.example.org/si-dmp-server/v2/services"',
+                     f'url = "{url}"')
+            .replace('ca_file = "/etc/drimbox/dmp-ca.pem"', f'ca_file = "{pki.bundle}"'))
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "box.toml").write_text(text)
+    plan = contract.plan(config_mod.load(d / "box.toml"))
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.tlsgateway", "-c",
+                             str(d / "box.toml")], cwd=REPO)
+    for _ in range(600):
+        if plan.egress_socket.exists():
+            return proc, plan
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("the TLS gateway did not start")
+
+
 async def run(args: argparse.Namespace) -> dict:
     d = Path(tempfile.mkdtemp(prefix="bench-dmp-"))
     pki = make_test_pki(d / "pki")
     sc = simulator_certs(pki, d / "sim")
     token = pki.token(0)
+    gateway: subprocess.Popen | None = None
     sim = subprocess.Popen(  # noqa: ASYNC220 (once, before the measured part)
         [sys.executable, "-m", "tests.peers.dmp", "--cert", str(sc.cert), "--key", str(sc.key),
          "--client-ca", str(sc.client_ca), "--patient", PATIENT.xds],
@@ -68,8 +105,15 @@ async def run(args: argparse.Namespace) -> dict:
         url = json.loads(sim.stdout.readline())["url"]
         signer = TimedSigner(TokenSigner(token, "sign", "rsa-sha256"))
         subs = [submission(args.instances) for _ in range(args.n + 2)]
-        async with DmpClient(DmpConfig(url=url, ca_file=pki.bundle), signer,
-                             client_context(pki)) as client:
+        dmp = DmpConfig(url=url, ca_file=pki.bundle)
+        if args.gateway:
+            gateway, plan = start_gateway(pki, url, d / "gateway")
+            client = DmpClient(dmp, signer, connector=aiohttp.UnixConnector(
+                path=str(plan.egress_socket), force_close=True),
+                endpoint=contract.egress_url("dmp", url))
+        else:
+            client = DmpClient(dmp, signer, client_context(pki))
+        async with client:
             for s in subs[:2]:                              # warm-up: TLS, imports
                 await client.publish(s)
             signer.seconds, signer.count, client.signing_seconds = 0.0, 0, 0.0
@@ -88,7 +132,8 @@ async def run(args: argparse.Namespace) -> dict:
             wall = time.perf_counter() - t0
         q = statistics.quantiles(latencies, n=20)
         return {
-            "benchmark": "dmp_iti41", "n": args.n, "kos_instances": args.instances,
+            "benchmark": "dmp_iti41", "via": "tls-gateway" if args.gateway else "direct mTLS",
+            "n": args.n, "kos_instances": args.instances,
             "kos_bytes": len(subs[0].kos), "concurrency": args.concurrency,
             "submissions_per_second": round(args.n / wall, 2),
             "latency_p50_ms": round(statistics.median(latencies) * 1000, 1),
@@ -99,6 +144,9 @@ async def run(args: argparse.Namespace) -> dict:
             "token_ms_per_signature": round(signer.seconds / signer.count * 1000, 2),
         }
     finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(10)
         sim.terminate()
         sim.wait(5)
     
@@ -108,6 +156,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=40)
     p.add_argument("--instances", type=int, default=300)
     p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--gateway", action="store_true",
+                   help="go through a TLS gateway process, as the daemon does")
     print(json.dumps(asyncio.run(run(p.parse_args()))))
 
 

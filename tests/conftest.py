@@ -64,3 +64,31 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     if softhsm.module_path() is None or shutil.which("softhsm2-util") is None:
         pytest.skip("SoftHSM2 not installed (Debian package softhsm2)")
     yield make_test_pki(tmp_path_factory.mktemp("pki"), spares=["drimbox-test-pin"])
+
+
+@pytest.fixture(scope="session")
+def dmp_simulator(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The strict DMP simulator in its own process (mTLS, server certificate from ``pki``)."""
+    from tests.dmp.pki import provider_missing
+    from tests.peers.network import start_simulator
+
+    reason = provider_missing()
+    if reason:
+        pytest.skip(reason)
+    sim = start_simulator(pki, tmp_path_factory.mktemp("dmp-sim"))
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture(scope="session")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Orthanc as the site PACS; it knows the box as DRIMBOX on ``pacs.box_dicom_port``."""
+    from tests.peers.orthanc import Orthanc, available
+
+    if available():
+        pytest.skip(str(available()))
+    box_dicom = free_port()
+    with Orthanc(modalities={"box": ("DRIMBOX", "127.0.0.1", box_dicom)},
+                 workdir=tmp_path_factory.mktemp("orthanc")) as o:
+        o.box_dicom_port = box_dicom  # type: ignore[attr-defined]
+        yield o

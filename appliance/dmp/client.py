@@ -25,6 +25,8 @@ from lxml import etree
 from . import codes as C
 from . import metadata, soap, transactions, vihf, xades
 from .codes import Code
+from appliance.tlsgateway.contract import GATEWAY_ERROR_HEADER
+
 from .errors import DmpPermanentError, DmpResponseError, DmpRetryableError, RegistryError
 from .metadata import KosSubmission, PatientId, ReferenceId
 from .signer import Signer
@@ -86,20 +88,32 @@ def _dmp_settings(config: Any) -> dict[str, Any]:
 
 class DmpClient:
     """Async client of the DMP web services at ``config.url`` (``…/repository``, ``…/registry``,
-    ``…/patients``). ``ssl_context`` carries the client certificate (ORG auth key on the token)
-    and the anchors that verify the DMP; ``signer`` is the ORG signature key (VIHF, XAdES)."""
+    ``…/patients``); ``signer`` is the ORG signature key (VIHF, XAdES).
 
-    def __init__(self, config: Any, signer: Signer, ssl_context: ssl.SSLContext | None) -> None:
+    Transport, one of two:
+    - ``ssl_context``: direct mTLS, the context carrying the client certificate (ORG auth key on
+      the token) and the anchors that verify the DMP. Only for a process that may load
+      pkcs11-provider (tests, benchmarks): the daemon never does.
+    - ``connector`` and ``endpoint``: plain HTTP through the TLS gateway (an
+      ``aiohttp.UnixConnector`` to its egress socket, and the egress URL of ``config.url``); the
+      gateway does the mTLS. Messages still name ``config.url`` (WS-Addressing ``To``).
+    """
+
+    def __init__(self, config: Any, signer: Signer, ssl_context: ssl.SSLContext | None = None,
+                 *, connector: aiohttp.BaseConnector | None = None,
+                 endpoint: str | None = None) -> None:
         s = _dmp_settings(config)
         self._dmp_config = config
         self._url: str = s["url"]
+        self._endpoint = (endpoint or self._url).rstrip("/")
+        self._connector = connector
         self._timeout = aiohttp.ClientTimeout(total=s["timeout"])
         self._source_id: str = s["source_id"]
         self._digest: str = s["digest"]
         self._limit: int = s["max_response_bytes"]
         self.software: Software = s["software"]
         self._signer = signer
-        if ssl_context is None:
+        if ssl_context is None and connector is None:
             ca = getattr(config, "ca_file", None)
             ssl_context = ssl.create_default_context(cafile=str(ca) if ca else None)
         self._ssl = ssl_context
@@ -280,13 +294,13 @@ class DmpClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout, connector=aiohttp.TCPConnector(ssl=self._ssl, limit=8))
+            connector = self._connector or aiohttp.TCPConnector(ssl=self._ssl or True, limit=8)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
         return self._session
 
     async def _call(self, service: str, action: str, env: etree._Element,
                     attachments: list[soap.Attachment] | None = None) -> soap.SoapMessage:
-        url = f"{self._url}/{service}"
+        url = f"{self._endpoint}/{service}"
         if attachments is None:
             ctype = f'{soap.SOAP_CT}; charset=UTF-8; action="{action}"'
             data = etree.tostring(env, xml_declaration=True, encoding="UTF-8")
@@ -296,6 +310,7 @@ class DmpClient:
             async with self._http().post(url, data=data, headers={"Content-Type": ctype}) as r:
                 body = await self._read(r)
                 status, rtype = r.status, r.headers.get("Content-Type", "")
+                gateway_error = r.headers.get(GATEWAY_ERROR_HEADER)
         except TimeoutError:
             raise DmpRetryableError(f"DMP {service}: no answer within the timeout") from None
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:
@@ -304,6 +319,11 @@ class DmpClient:
         except aiohttp.ClientError as e:
             raise DmpRetryableError(f"DMP {service}: connection failed: "
                                     f"{type(e).__name__}: {e}") from None
+        if gateway_error and status >= 500:
+            # The TLS gateway could not reach the DMP (connection, TLS, timeout), or the token
+            # key is not usable right now: like a connection error, it may pass.
+            text = body.decode("utf-8", "replace").strip()[:300]
+            raise DmpRetryableError(f"DMP {service}: {text}", code=f"HTTP{status}")
         if status >= 500:
             try:
                 transactions.check_fault(soap.decode(rtype, body, limit=self._limit))

@@ -1,9 +1,13 @@
 """The daemon's link to the DMP: builds the client from the token once it is usable.
 
-The signature key (VIHF, XAdES) and the TLS client key (mTLS) stay on the token. The client is
-built lazily on first use and rebuilt after a failure, so a token inserted after start, or a DMP
-configuration fixed by an operator, needs no restart. While it cannot be built, every call raises
-:class:`DmpRetryableError`: the outbox keeps the job and tries again later.
+The signature key (VIHF, XAdES) stays on the token and signs in this process. The TLS client key
+(mTLS) stays on the token too, but TLS runs in the TLS gateway process (``appliance.tlsgateway``):
+the client sends plain HTTP to the gateway's egress socket, so this process never loads
+pkcs11-provider and can re-initialise its PKCS#11 module when the token comes back.
+
+The client is built lazily on first use, so a token inserted after start needs no restart. While
+it cannot be built, or the token cannot sign, every call raises :class:`DmpRetryableError`: the
+outbox keeps the job and tries again later.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ from typing import Any
 
 from appliance.component import Health
 from appliance.config import Config
+from appliance.keys import KeysError
 
+from .client import DmpClient
 from .errors import DmpRetryableError
+from .signer import TokenSigner
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +30,10 @@ log = logging.getLogger(__name__)
 class DmpLink:
     name = "dmp"
 
-    def __init__(self, config: Config, keys: Any) -> None:
+    def __init__(self, config: Config, keys: Any, gateway: Any) -> None:
         self.config = config
         self.keys = keys
+        self.gateway = gateway  # tlsgateway.supervisor.TlsGateway: connector() and url()
         self._client: Any = None
         self._lock: asyncio.Lock | None = None
         self.last_error = ""
@@ -55,33 +63,26 @@ class DmpLink:
             if self._client is None:
                 loop = asyncio.get_running_loop()
                 try:
-                    self._client = await loop.run_in_executor(None, self._build)
+                    signer = await loop.run_in_executor(None, self._signer)
+                    self._client = DmpClient(
+                        self.config.dmp, signer, connector=self.gateway.connector(),
+                        endpoint=self.gateway.url("dmp", self.config.dmp.url))
                     self.last_error = ""
                 except Exception as e:
                     self.last_error = f"{type(e).__name__}: {e}"[:300]
                     raise DmpRetryableError(f"DMP client unavailable: {self.last_error}") from e
         return self._client
 
-    def _build(self) -> Any:
-        from appliance.dmp.client import DmpClient
-        from appliance.dmp.signer import TokenSigner
-        from appliance.keys import certs, tls
-        from appliance.keys.chain import chain_for, write_chain
-
+    def _signer(self) -> TokenSigner:
         hsm = self.config.hsm
-        token = self.keys.token
-        signer = TokenSigner(token, hsm.sign_key_label, self.config.dmp.signature_algorithm)
-        pool = certs.load_pem_certificates(hsm.trust_anchors)
-        leaf = token.certificate(hsm.auth_key_label)
-        chain_file = write_chain(self.config.runtime_dir / f"{hsm.auth_key_label}-chain.pem",
-                                 chain_for(leaf, pool))
-        ctx = tls.client_context(hsm, hsm.auth_key_label, chain_file,
-                                 cafile=self.config.dmp.ca_file)
-        return DmpClient(self.config.dmp, signer, ctx)
+        return TokenSigner(self.keys.token, hsm.sign_key_label, self.config.dmp.signature_algorithm)
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         client = await self._ensure()
-        return await getattr(client, method)(*args, **kwargs)
+        try:
+            return await getattr(client, method)(*args, **kwargs)
+        except KeysError as e:  # the token went away between two calls: it may come back
+            raise DmpRetryableError(f"token unavailable: {e}") from None
 
     async def publish(self, submission: Any) -> Any:
         return await self._call("publish", submission)

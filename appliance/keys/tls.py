@@ -112,13 +112,14 @@ def server_context(hsm_cfg: Any, key_label: str, cert_file: str | Path,
     return ctx
 
 
-def box_server_context(config: Any) -> ssl.SSLContext:
+def box_server_context(config: Any, runtime_dir: Path | None = None) -> ssl.SSLContext:
     """The box's HTTPS context from its whole ``Config``: key ``http.server_key_label`` on the
     token, certificate ``http.cert_file``, client certificates optional and checked against
-    ``hsm.trust_anchors`` (peers present theirs; the LAN UI needs none)."""
+    ``hsm.trust_anchors`` (peers present theirs; the LAN UI needs none). The provider's files go
+    to ``runtime_dir`` (default ``<runtime_dir>/keys``)."""
     if config.http.cert_file is None:
         raise KeysError("http.tls = true needs http.cert_file (the server certificate of the "
                         "token key http.server_key_label)")
-    provider.set_runtime_dir(config.runtime_dir / "keys")
+    provider.set_runtime_dir(runtime_dir or config.runtime_dir / "keys")
     return server_context(config.hsm, config.http.server_key_label, config.http.cert_file,
                           client_ca=config.hsm.trust_anchors or None, client_cert="optional")

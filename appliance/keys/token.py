@@ -140,6 +140,9 @@ class Token:
         self._pin_identity: tuple[int, int, int] | None = None
         self._state = _State()
         self._last_reinit = -1e9
+        # How many times the token became usable (the first open included). Whoever keeps
+        # other PKCS#11 state on it, such as the TLS gateway process, starts afresh on a change.
+        self.arrivals = 0
 
     REINIT_INTERVAL = 2.0  # seconds
 
@@ -273,6 +276,8 @@ class Token:
             pass  # already gone with the token
 
     def _set_state(self, present: bool, status: str, error: str = "") -> None:
+        if present and not self._state.present:
+            self.arrivals += 1
         if (present, status) != (self._state.present, self._state.status):
             self._state = _State(present, status, error)
         else:
@@ -516,10 +521,17 @@ class Token:
 
     def probe(self) -> bool:
         """Check (blocking, a few ms) that the token still answers; updates :meth:`health`."""
-        try:
+        def op(s: Any) -> None:
+            # C_GetTokenInfo on the slot: SoftHSM keeps answering C_FindObjects (with nothing)
+            # after its store went away, but fails this (measured: CKR_GENERAL_ERROR). Then
             # C_FindObjects: every module has it (unlike C_GenerateRandom on some cards), and it
             # fails when the session or the token is gone.
-            self._run(lambda s: _all(s.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})))
+            if s.token.slot.get_token().label != self.token_label:
+                raise p11e.TokenNotRecognised()  # another card in the slot
+            _all(s.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}))
+
+        try:
+            self._run(op)
             return True
         except KeysError:
             return False

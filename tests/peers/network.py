@@ -133,6 +133,18 @@ class SourceBox:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """``GET /healthz``: (HTTP status, body), 503 included."""
+        try:
+            with self._open(f"{self.base}/healthz", 10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def gateway_pid(self) -> int | None:
+        """The pid of the box's TLS gateway process, as its supervisor reports it."""
+        return self.health()[1]["components"]["tls-gateway"]["pid"]
+
     def admin(self, method: str, path: str) -> Any:
         token = (self.data_dir / "admin-token").read_text().strip()
         req = urllib.request.Request(f"{self.base}/api/admin{path}",
