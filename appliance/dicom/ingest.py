@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable
 
 from pydicom.uid import (
     UID,
@@ -32,7 +32,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AllStoragePresentationContexts
 
-from appliance.store import InvalidInstance, Store, StoreFull
+from appliance.store import InvalidInstance, StoredInstance, StoreFull
 
 from .ul import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION
 
@@ -70,10 +70,11 @@ CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 
 
-def ingest_result(store: Store, data: bytes | bytearray | memoryview) -> tuple[int, str]:
-    """Store one Part 10 file as is; return (DIMSE status, error comment) for the peer."""
+def ingest_result(store_it: Callable[[], StoredInstance]) -> tuple[int, str]:
+    """Run one store call (``Store.ingest_bytes`` or ``Incoming.finish``); return the DIMSE
+    status and error comment for the peer."""
     try:
-        inst = store.ingest_bytes(data)
+        inst = store_it()
     except StoreFull as e:
         log.warning("C-STORE refused: store full", extra={"reason": str(e)})
         return OUT_OF_RESOURCES, f"Out of resources: {e}"
@@ -93,20 +94,17 @@ def ingest_result(store: Store, data: bytes | bytearray | memoryview) -> tuple[i
     return SUCCESS, ""
 
 
-def part10(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
-           data_set: Iterable[bytes]) -> bytes:
-    """Preamble, file meta group (PS3.10 §7.1) and the data set exactly as received.
-
-    DIMSE carries no file meta: the receiver writes its own. Hand-written because pydicom's
-    writer took longer than everything else done per instance outside the store.
-    """
+def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """Preamble and file meta group (PS3.10 §7.1) to put before a data set received by DIMSE,
+    which carries no file meta: the receiver writes its own. Hand-written because pydicom's
+    writer took longer than everything else done per instance outside the store."""
     meta = (_explicit(0x0001, b"OB", b"\x00\x01") + _explicit(0x0002, b"UI", _ui(sop_class_uid))
             + _explicit(0x0003, b"UI", _ui(sop_instance_uid))
             + _explicit(0x0010, b"UI", _ui(transfer_syntax))
             + _explicit(0x0012, b"UI", _ui(IMPLEMENTATION_UID))
             + _explicit(0x0013, b"SH", _pad(IMPLEMENTATION_VERSION.encode("ascii"), b" ")))
     group_length = _explicit(0x0000, b"UL", struct.pack("<L", len(meta)))
-    return b"".join((b"\x00" * 128, b"DICM", group_length, meta, *data_set))
+    return b"".join((b"\x00" * 128, b"DICM", group_length, meta))
 
 
 def _pad(value: bytes, pad: bytes) -> bytes:

@@ -46,7 +46,7 @@ log = logging.getLogger("appliance.dicom.pacs")
 
 def ingest_status(store: Store, event: evt.Event) -> int | Dataset:
     """A C-STORE received on the link's own association (C-GET) into the store; its status."""
-    status, comment = ingest_result(store, event.encoded_dataset())
+    status, comment = ingest_result(lambda: store.ingest_bytes(event.encoded_dataset()))
     if status == 0x0000:
         return status
     ds = Dataset()

@@ -9,6 +9,7 @@ rename, and files without a row are swept at open.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import gzip
 import io
 import logging
@@ -133,6 +134,28 @@ def _fsyncer() -> concurrent.futures.ThreadPoolExecutor:
         return _fsync_pool
 
 
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux: fsync alone does the work
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # start writeback of the range; do not wait for it
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the disk to start writing this range now (Linux ``sync_file_range``; no Python
+    binding exists, hence ctypes). Only a head start for the fsync that follows, which alone
+    makes the data durable."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -149,6 +172,82 @@ class _DbProxy:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._store.db, name)
+
+
+class Incoming:
+    """One instance being received: written to the temp area fragment by fragment.
+
+    The disk starts writing each fragment back at once (``sync_file_range``), so the fsync at
+    the end waits for little more than the last fragment; the fsync then runs in another thread
+    while :meth:`finish` parses and validates the instance. An instance that is refused, cut
+    short or abandoned never leaves the temp area: :meth:`discard` (or ``finish`` on failure)
+    removes it. A write error or a full store is remembered and raised by ``finish``, so the
+    sender's data can still be read to the end and answered properly.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.tmp = store.tmp_dir / uuid.uuid4().hex
+        self._fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                       | os.O_CLOEXEC, 0o640)
+        self.size = 0
+        self._reserved = 0
+        self._error: BaseException | None = None
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        if self._error is not None or self._fd is None:
+            return
+        try:
+            self._store._reserve(len(chunk))
+            self._reserved += len(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self._fd, view):]
+            if self._store.fsync:
+                _start_writeback(self._fd, self.size, len(chunk))
+            self.size += len(chunk)
+        except (StoreFull, OSError) as e:
+            self._error = e
+
+    def finish(self, data: bytes | bytearray | memoryview) -> StoredInstance:
+        """Check, fsync, rename into place and index; ``data`` is what was written."""
+        store = self._store
+        try:
+            if self._error is not None:
+                raise self._error
+            if len(data) != self.size:
+                raise InvalidInstance("instance bytes differ from what was written")
+            fd = self._fd
+            assert fd is not None
+            synced = _fsyncer().submit(os.fsync, fd) if store.fsync else None
+            try:
+                ds = store._parse(io.BytesIO(data))
+            finally:
+                if synced is not None:  # wait even on failure: never fsync a closed fd
+                    synced.result()
+            self._close()
+            return store._commit(ds, self.tmp, self.size)
+        except BaseException:
+            self.discard()
+            raise
+        finally:
+            self._release()
+
+    def discard(self) -> None:
+        """Drop the partial instance (idempotent)."""
+        self._close()
+        self.tmp.unlink(missing_ok=True)
+        self._release()
+
+    def _close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _release(self) -> None:
+        reserved, self._reserved = self._reserved, 0
+        if reserved:
+            self._store._release(reserved)
 
 
 class Store:
@@ -251,34 +350,15 @@ class Store:
 
     # -- ingest ------------------------------------------------------------------------------
     def ingest_bytes(self, data: bytes | bytearray | memoryview) -> StoredInstance:
-        """Store one complete Part 10 file exactly as given.
+        """Store one complete Part 10 file exactly as given."""
+        incoming = self.incoming()
+        incoming.write(data)
+        return incoming.finish(data)
 
-        The file is written first and its fsync runs in another thread while this one parses
-        and validates (fsync releases the GIL): the two longest steps of ingest overlap. An
-        invalid instance only ever reaches the temp directory, and is removed from there.
-        """
-        size = len(data)
-        self._reserve(size)
-        tmp = self.tmp_dir / uuid.uuid4().hex
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-            try:
-                with open(fd, "wb", closefd=False) as f:
-                    f.write(data)
-                synced = _fsyncer().submit(os.fsync, fd) if self.fsync else None
-                try:
-                    ds = self._parse(io.BytesIO(data))
-                finally:
-                    if synced is not None:  # wait even on failure: never fsync a closed fd
-                        synced.result()
-            finally:
-                os.close(fd)
-            return self._commit(ds, tmp, size)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        finally:
-            self._release(size)
+    def incoming(self) -> Incoming:
+        """An instance to be written as it arrives, then checked and committed (see
+        :class:`Incoming`)."""
+        return Incoming(self)
 
     def _parse(self, fp: io.BufferedIOBase | io.BytesIO) -> pydicom.Dataset:
         """Read and fully validate one instance; every problem is an :class:`InvalidInstance`."""

@@ -21,7 +21,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
 
 from appliance.dicom import dimse, ul
-from appliance.dicom.ingest import part10
+from appliance.dicom.ingest import part10_header
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -82,8 +82,8 @@ def test_part10_header_is_what_pydicom_reads() -> None:
     buf = io.BytesIO()
     ds.save_as(buf, implicit_vr=False, little_endian=True)
     body = buf.getvalue()
-    f = pydicom.dcmread(io.BytesIO(part10(CT, "1.2.3.4.5", ExplicitVRLittleEndian,
-                                          [body[:10], body[10:]])))
+    f = pydicom.dcmread(io.BytesIO(part10_header(CT, "1.2.3.4.5", ExplicitVRLittleEndian)
+                                   + body))
     meta = f.file_meta
     assert meta.MediaStorageSOPClassUID == CT and meta.MediaStorageSOPInstanceUID == "1.2.3.4.5"
     assert meta.TransferSyntaxUID == ExplicitVRLittleEndian
