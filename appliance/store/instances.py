@@ -12,6 +12,7 @@ import concurrent.futures
 import ctypes
 import gzip
 import io
+import json
 import logging
 import os
 import re
@@ -21,14 +22,15 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 
 from appliance.config import Config
 
 from .db import Database
-from .metadata import BASE, instance_json
+from .metadata import BASE, instance_elements
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +79,34 @@ _TEXT_FIELDS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "S
 _INT_FIELDS = ("SeriesNumber", "InstanceNumber", "Rows", "Columns", "NumberOfFrames")
 
 
-def _index_fields(ds: pydicom.Dataset) -> dict[str, object]:
-    out: dict[str, object] = {k: _text(ds, k) for k in _TEXT_FIELDS}
-    out.update({k: _int(ds, k) for k in _INT_FIELDS})
+_TAGS = {k: f"{tag_for_keyword(k):08X}" for k in _TEXT_FIELDS + _INT_FIELDS}
+
+
+def _single(elements: dict[str, Any], keyword: str) -> tuple[bool, object]:
+    """(True, value) when the element's JSON holds at most one plain value, which is then what
+    pydicom gives for it; (False, None) when pydicom must say (several values, PN groups)."""
+    elem = elements.get(_TAGS[keyword])
+    if elem is None or not elem.get("Value"):
+        return "InlineBinary" not in (elem or {}) and "BulkDataURI" not in (elem or {}), None
+    values = elem["Value"]
+    if len(values) != 1:
+        return False, None
+    v = values[0]
+    if isinstance(v, dict):  # PN: only the alphabetic group reads the same as str()
+        return (True, v["Alphabetic"]) if list(v) == ["Alphabetic"] else (False, None)
+    return isinstance(v, (str, int)) and not isinstance(v, bool), v
+
+
+def _index_fields(ds: pydicom.Dataset, elements: dict[str, Any]) -> dict[str, object]:
+    """The indexed attributes, read from the instance's JSON where that is exact (no pydicom
+    decoding again), else from pydicom."""
+    out: dict[str, object] = {}
+    for k in _TEXT_FIELDS:
+        ok, v = _single(elements, k)
+        out[k] = ("" if v is None else str(v)) if ok else _text(ds, k)
+    for k in _INT_FIELDS:
+        ok, v = _single(elements, k)
+        out[k] = (v if isinstance(v, int) else None) if ok else _int(ds, k)
     return out
 
 
@@ -390,9 +417,11 @@ class Store:
         try:
             # pydicom decodes values lazily: decode everything the index and the metadata need
             # now, so a damaged element is refused before a byte is written.
-            ds._drimbox_meta_json = instance_json(ds, ds.StudyInstanceUID, ds.SeriesInstanceUID,
-                                                  ds.SOPInstanceUID)
-            ds._drimbox_fields = _index_fields(ds)
+            elements = instance_elements(ds, ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                         ds.SOPInstanceUID)
+            ds._drimbox_meta_json = json.dumps(elements, separators=(",", ":"),
+                                               ensure_ascii=False)
+            ds._drimbox_fields = _index_fields(ds, elements)
         except InvalidInstance:
             raise
         except Exception as e:

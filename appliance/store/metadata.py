@@ -46,6 +46,13 @@ _ESC = b"\x1b"
 
 def instance_json(ds: Dataset, study_uid: str, series_uid: str, sop_uid: str) -> str:
     """The instance's DICOM JSON object as compact text."""
+    return json.dumps(instance_elements(ds, study_uid, series_uid, sop_uid),
+                      separators=(",", ":"), ensure_ascii=False)
+
+
+def instance_elements(ds: Dataset, study_uid: str, series_uid: str,
+                      sop_uid: str) -> dict[str, Any]:
+    """The instance's DICOM JSON object: ``{"GGGGEEEE": {"vr": …, "Value": […]}, …}``."""
     instance_root = f"{BASE}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
 
     def bulk_uri(tag: int) -> str:
@@ -63,7 +70,7 @@ def instance_json(ds: Dataset, study_uid: str, series_uid: str, sop_uid: str) ->
         fast = _fast(raw, bulk_uri) if isinstance(raw, RawDataElement) else None
         out[f"{tag:08X}"] = fast if fast is not None else ds[tag].to_json_dict(
             bulk_data_element_handler=bulk, bulk_data_threshold=BULK_THRESHOLD)
-    return json.dumps(out, separators=(",", ":"), ensure_ascii=False)
+    return out
 
 
 def _fast(raw: RawDataElement, bulk_uri: Any) -> dict[str, Any] | None:
