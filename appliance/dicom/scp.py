@@ -222,6 +222,7 @@ class DicomNode:
         """DIMSE messages until the peer releases or aborts."""
         cfg = self._config.dicom
         max_pdu = cfg.max_pdu or 0xFFFFFFFF
+        loop = asyncio.get_running_loop()
         message = _Message()
         try:
             while True:
@@ -247,6 +248,8 @@ class DicomNode:
                     if message.add(context_id, header, fragment, accepted[context_id],
                                    self._store, self._stopping):
                         writer.write(ul.p_data(context_id, await self._answer(message)))
+                        if message.incoming_used:  # the next one's temp file, while we wait
+                            loop.run_in_executor(self._pool, self._store.prepare_incoming)
                         message = _Message()
         finally:
             message.discard()  # a data set cut short leaves nothing behind
@@ -284,6 +287,7 @@ class _Message:
         self.command: dimse.Command | None = None
         self.data: list[bytes] = []
         self.incoming: Incoming | None = None
+        self.incoming_used = False
 
     def add(self, context_id: int, header: int, fragment: memoryview,
             syntaxes: tuple[str, str], store: Store, stopping: bool) -> bool:
@@ -307,7 +311,7 @@ class _Message:
                 return True
             if self.command.field == dimse.C_STORE_RQ and not stopping:
                 # Written to disk as it arrives; the disk starts on it at once.
-                self.incoming = store.incoming()
+                self.incoming, self.incoming_used = store.incoming(), True
                 head = part10_header(self.command.sop_class_uid or syntaxes[0],
                                      self.command.sop_instance_uid, syntaxes[1])
                 self.incoming.write(head)

@@ -8,6 +8,7 @@ rename, and files without a row are swept at open.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import ctypes
 import gzip
@@ -212,11 +213,10 @@ class Incoming:
     sender's data can still be read to the end and answered properly.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, tmp: Path, fd: int) -> None:
         self._store = store
-        self.tmp = store.tmp_dir / uuid.uuid4().hex
-        self._fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                                       | os.O_CLOEXEC, 0o640)
+        self.tmp = tmp
+        self._fd: int | None = fd
         self.size = 0
         self._reserved = 0
         self._error: BaseException | None = None
@@ -284,6 +284,7 @@ class Store:
         self.config = config
         self.root = config.instances_dir
         self.tmp_dir = self.root / ".tmp"
+        self.spare_dir = self.root / ".spare"  # empty temp files made ahead (prepare_incoming)
         self.metadata_dir = config.box.data_dir / "metadata"
         self.max_bytes = config.store.max_bytes
         self.min_free_bytes = config.store.min_free_bytes
@@ -294,14 +295,15 @@ class Store:
         self._used = 0
         self._reserved = 0
         self._listeners: list[Callable[[StoredInstance], None]] = []
+        self._spare: collections.deque[tuple[Path, int]] = collections.deque()  # temp files
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> None:
-        for d in (self.root, self.tmp_dir, self.metadata_dir):
+        for d in (self.root, self.tmp_dir, self.spare_dir, self.metadata_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o750)
         self._db = Database(self.config.state_db, synchronous=self._synchronous)
         # Leftovers of a crash mid-write: temp files are never valid instances.
-        for leftover in self.tmp_dir.iterdir():
+        for leftover in [*self.tmp_dir.iterdir(), *self.spare_dir.iterdir()]:
             leftover.unlink(missing_ok=True)
         row = self.db.query_one("SELECT COALESCE(SUM(size), 0) AS used FROM instances")
         self._used = int(row["used"]) if row else 0
@@ -343,6 +345,10 @@ class Store:
         return recovered
 
     def close(self) -> None:
+        while self._spare:
+            tmp, fd = self._spare.popleft()
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -385,7 +391,22 @@ class Store:
     def incoming(self) -> Incoming:
         """An instance to be written as it arrives, then checked and committed (see
         :class:`Incoming`)."""
-        return Incoming(self)
+        try:
+            tmp, fd = self._spare.popleft()
+        except IndexError:
+            tmp, fd = self._new_temp()
+        return Incoming(self, tmp, fd)
+
+    def prepare_incoming(self, spares: int = 1) -> None:
+        """Create empty temp files ahead of need: creating a file waits on the filesystem
+        journal (~0.4 ms measured while other instances are being fsync'd), which then stays
+        out of the next transfer. Call it between transfers, off the event loop."""
+        while len(self._spare) < spares and self._db is not None:
+            self._spare.append(self._new_temp(self.spare_dir))
+
+    def _new_temp(self, directory: Path | None = None) -> tuple[Path, int]:
+        tmp = (directory or self.tmp_dir) / uuid.uuid4().hex
+        return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
 
     def _parse(self, fp: io.BufferedIOBase | io.BytesIO) -> pydicom.Dataset:
         """Read and fully validate one instance; every problem is an :class:`InvalidInstance`."""

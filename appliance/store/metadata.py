@@ -40,6 +40,8 @@ _BINARY = frozenset({"OB", "OW", "OF", "OD", "OL", "OV"})
 _NUMBERS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
 _ENCODED_HERE = _SPLIT_WHOLE | _SPLIT_EACH | _SINGLE | _BINARY | set(_NUMBERS) | {"IS", "DS", "PN"}
 _IS = re.compile(r"[+-]?[0-9]+")
+_UI = re.compile(r"[0-9.]*")
+_CONTROLS_OK = re.compile(r"[\x20-\x7e\t\n\f\r]*")
 # Every character set pydicom knows decodes ASCII bytes as ASCII, except after an ISO 2022 escape.
 _ESC = b"\x1b"
 
@@ -100,6 +102,10 @@ def _fast(raw: RawDataElement, bulk_uri: Any) -> dict[str, Any] | None:
     if not value.isascii() or _ESC in value:
         return None
     text = value.decode("ascii")
+    # Control characters (other than the text VRs' line breaks and tabs) are rare and pydicom's
+    # value classes treat some specially (UID strips them): leave those values to pydicom.
+    if not (text.isprintable() or (vr in _SINGLE and _CONTROLS_OK.fullmatch(text))):
+        return None
     if vr in _SPLIT_WHOLE:
         items = text.rstrip(" \x00").split("\\")
     elif vr in _SPLIT_EACH:
@@ -131,5 +137,7 @@ def _fast(raw: RawDataElement, bulk_uri: Any) -> dict[str, Any] | None:
     else:
         return None
     if "" in items:  # empty components: pydicom's VM and padding rules decide
+        return None
+    if vr == "UI" and not all(_UI.fullmatch(v) for v in items):
         return None
     return {"vr": vr, "Value": items}
