@@ -17,7 +17,6 @@ import logging
 import socket
 import threading
 import time
-import types
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,40 +54,14 @@ def ingest_status(store: Store, event: evt.Event) -> int | Dataset:
 
 
 #: pynetdicom's DUL thread sleeps this long whenever it finds nothing to do (its default is 1 ms).
-#: Ingest is latency-bound, not CPU-bound: each instance waits several such naps between PDUs
-#: and around the response. 0.2 ms measured ~1.3-1.8x faster on 300-slice CT for the same CPU;
-#: the cost is about 5 % of a core more per association that sits idle (measured), until
-#: network_timeout ends it.
+#: A C-GET's instances arrive on the link's own association, latency-bound: each waits several
+#: such naps between PDUs and around the response. 0.2 ms measured ~1.3-1.8x faster on a
+#: 300-slice CT (when the box's SCP was pynetdicom too) for about 5 % of a core more.
 DUL_POLL_SECONDS = 0.0002
 
 
-#: pynetdicom's association thread naps a hard-coded 1 ms between looks at its message queue
-#: (``Association._run_reactor``), so every received instance waits on average half of that
-#: before its handler runs, and the next one again. There is no setting for it: its module's
-#: ``time`` is swapped for one whose ``sleep`` shortens exactly that nap (every other sleep of
-#: the module is left as is). Measured: ~0.5 ms less per instance on 300-slice CT ingest.
-REACTOR_NAP_SECONDS = DUL_POLL_SECONDS
-
-
-def _shorten_reactor_nap() -> None:
-    import pynetdicom.association as module
-
-    if isinstance(module.time, types.SimpleNamespace):
-        return
-    real_sleep = time.sleep
-
-    def sleep(seconds: float) -> None:
-        real_sleep(REACTOR_NAP_SECONDS if seconds == 0.001 else seconds)
-
-    names = {k: getattr(time, k) for k in dir(time) if not k.startswith("__")}
-    module.time = types.SimpleNamespace(**{**names, "sleep": sleep})
-
-
-_shorten_reactor_nap()
-
-
 #: A C-MOVE association only carries the PACS's "pending" responses while the instances arrive
-#: on the box's own SCP: polling it often would only take the CPU from that SCP (measured).
+#: on the box's own SCP: polling it as often would only take CPU from that SCP.
 MOVE_POLL_SECONDS = 0.005
 
 
