@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def with_ports(config_text: str, ports: dict[int, int]) -> str:
+    """The example configuration with its ports changed: ``{8443: 50123, ...}``. Whole lines
+    only: a chain of ``str.replace`` once turned a free port 2575x into 506457."""
+    for old, new in ports.items():
+        config_text = re.sub(rf"^port = {old}$", f"port = {new}", config_text, flags=re.M)
+    return config_text
 
 
 @pytest.fixture

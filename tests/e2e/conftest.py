@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from appliance import config
-from tests.conftest import dicom_only, free_port
+from tests.conftest import dicom_only, free_port, with_ports
 
 
 @dataclass
@@ -63,13 +63,11 @@ def start_box(tmp: Path, pacs_aet: str = "PACS", pacs_port: int = 4242, ae_title
               extra: str = "", modalities: str = "", dicom_port: int | None = None) -> RunningBox:
     tmp.mkdir(parents=True, exist_ok=True)
     ports = {"http": free_port(), "dicom": dicom_port or free_port(), "hl7": free_port()}
-    text = (dicom_only(config.example(str(tmp / "data")))
-            .replace("port = 8443", f"port = {ports['http']}")
-            .replace("port = 11112", f"port = {ports['dicom']}")
-            .replace("port = 2575", f"port = {ports['hl7']}")
+    text = (with_ports(dicom_only(config.example(str(tmp / "data"))),
+                       {8443: ports["http"], 11112: ports["dicom"], 2575: ports["hl7"],
+                        4242: pacs_port})
             .replace('ae_title = "DRIMBOX"', f'ae_title = "{ae_title}"' + modalities)
-            .replace('ae_title = "PACS"', f'ae_title = "{pacs_aet}"')
-            .replace("port = 4242", f"port = {pacs_port}")) + extra
+            .replace('ae_title = "PACS"', f'ae_title = "{pacs_aet}"')) + extra
     cfg = tmp / "box.toml"
     cfg.write_text(text)
     log_path = tmp / "box.log"

@@ -19,15 +19,13 @@ import pytest
 from appliance import config
 from appliance.component import Health
 from appliance.daemon import Daemon
-from tests.conftest import dicom_only, free_port
+from tests.conftest import dicom_only, free_port, with_ports
 
 
 def _write_config(tmp_path: Path) -> tuple[Path, int]:
     port = free_port()
-    text = (dicom_only(config.example(str(tmp_path / "data")))
-            .replace("port = 8443", f"port = {port}")
-            .replace("port = 11112", f"port = {free_port()}")
-            .replace("port = 2575", f"port = {free_port()}"))
+    text = with_ports(dicom_only(config.example(str(tmp_path / "data"))),
+                      {8443: port, 11112: free_port(), 2575: free_port()})
     f = tmp_path / "box.toml"
     f.write_text(text)
     return f, port

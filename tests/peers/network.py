@@ -20,7 +20,7 @@ import pydicom
 
 from appliance import config
 from appliance.generate import synthetic_study
-from tests.conftest import free_port
+from tests.conftest import free_port, with_ports
 from tests.peers.orthanc import Orthanc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -178,13 +178,11 @@ def source_box_config(tmp: Path, pki: Any, sim: Simulator, pacs: Orthanc, extra:
     http, hl7 = free_port(), free_port()
     public_url = public_url or "https://db1.test.mesimagesmedicales.fr:8443"
     public_url = public_url.replace("{http}", str(http))
-    text = (config.example(str(tmp / "data"))
-            .replace("port = 8443", f"port = {http}")
-            .replace("port = 2575", f"port = {hl7}")
-            .replace("port = 11112", f"port = {pacs.box_dicom_port}")  # type: ignore[attr-defined]
+    ports = {8443: http, 2575: hl7, 11112: pacs.box_dicom_port,  # type: ignore[attr-defined]
+             4242: pacs.dicom_port}
+    text = (with_ports(config.example(str(tmp / "data")), ports)
             .replace("https://db1.example.org:8443", public_url)
             .replace('ae_title = "PACS"', f'ae_title = "{pacs.aet}"')
-            .replace("port = 4242", f"port = {pacs.dicom_port}")
             .replace('module = "/usr/lib/softhsm/libsofthsm2.so"', f'module = "{hsm.module}"')
             .replace('token_label = "drimbox"', f'token_label = "{hsm.token_label}"')
             .replace('pin_file = "/run/credentials/drimbox.service/hsm-pin"',
