@@ -1,4 +1,5 @@
-"""DIMSE command sets (PS3.7 §9, §E) for the storage SCP: decode a request, encode a response.
+"""DIMSE command sets (PS3.7 §9, §E): what the storage SCP reads and answers, and the C-MOVE
+request the PACS link sends.
 
 A command set is a handful of group 0000 elements in implicit VR little endian; reading one with
 pydicom costs more than the rest of the request handling, hence these few hand-written lines.
@@ -12,7 +13,9 @@ from dataclasses import dataclass
 
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
+C_MOVE_RQ, C_MOVE_RSP = 0x0021, 0x8021
 NO_DATA_SET = 0x0101
+PENDING = (0xFF00, 0xFF01)
 
 MAX_COMMAND_BYTES = 1 << 16  # a request command set is a few hundred bytes
 
@@ -31,13 +34,16 @@ class Command:
     data_set_type: int
     sop_class_uid: str = ""
     sop_instance_uid: str = ""
+    status: int | None = None  # responses only
 
     @property
     def has_data_set(self) -> bool:
         return self.data_set_type != NO_DATA_SET
 
 
-def decode(data: bytes) -> Command:
+def decode(data: bytes, response: bool = False) -> Command:
+    """A request's command set (or, with ``response``, a response's: MessageID is then the
+    request's it answers, and Status is required)."""
     values: dict[int, bytes] = {}
     offset, end = 0, len(data)
     while offset < end:
@@ -59,6 +65,11 @@ def decode(data: bytes) -> Command:
     def ui(element: int) -> str:
         return values.get(element, b"").rstrip(b"\x00 ").decode("ascii", "replace")
 
+    if response:
+        return Command(field=us(0x0100, "CommandField"),
+                       message_id=us(0x0120, "MessageIDBeingRespondedTo"),
+                       data_set_type=us(0x0800, "CommandDataSetType"),
+                       sop_class_uid=ui(0x0002), status=us(0x0900, "Status"))
     return Command(field=us(0x0100, "CommandField"), message_id=us(0x0110, "MessageID"),
                    data_set_type=us(0x0800, "CommandDataSetType"),
                    sop_class_uid=ui(0x0002), sop_instance_uid=ui(0x1000))
@@ -85,4 +96,16 @@ def response(request: Command, status: int, comment: str = "") -> bytes:
         body += _element(0x0902, text + b" " if len(text) % 2 else text)
     if request.field == C_STORE_RQ:
         body += _element(0x1000, _uid(request.sop_instance_uid))
+    return _element(0x0000, struct.pack("<L", len(body))) + body
+
+
+def move_request(message_id: int, sop_class_uid: str, destination: str) -> bytes:
+    """A C-MOVE-RQ command set (medium priority, an identifier follows)."""
+    ae = destination.encode("ascii")
+    body = _element(0x0002, _uid(sop_class_uid))
+    body += _element(0x0100, _US.pack(C_MOVE_RQ))
+    body += _element(0x0110, _US.pack(message_id))
+    body += _element(0x0600, ae + b" " if len(ae) % 2 else ae)
+    body += _element(0x0700, _US.pack(0))
+    body += _element(0x0800, _US.pack(0x0001))
     return _element(0x0000, struct.pack("<L", len(body))) + body

@@ -38,6 +38,7 @@ from appliance.component import Health
 from appliance.config import Config
 from appliance.store import Store, StoredInstance, valid_uid
 
+from . import requestor
 from .ingest import STORAGE_SOP_CLASSES, STORAGE_TRANSFER_SYNTAXES, ingest_result
 
 log = logging.getLogger("appliance.dicom.pacs")
@@ -60,17 +61,12 @@ def ingest_status(store: Store, event: evt.Event) -> int | Dataset:
 DUL_POLL_SECONDS = 0.0002
 
 
-#: A C-MOVE association only carries the PACS's "pending" responses while the instances arrive
-#: on the box's own SCP: polling it as often would only take CPU from that SCP.
-MOVE_POLL_SECONDS = 0.005
-
-
-def tune_association(event: evt.Event, poll: float = DUL_POLL_SECONDS) -> None:
+def tune_association(event: evt.Event) -> None:
     """On each new connection: TCP_NODELAY (Nagle plus delayed ACK stalls every DIMSE exchange
-    by ~40 ms) and the DUL poll interval."""
+    by ~40 ms) and a shorter DUL poll interval."""
     dul = event.assoc.dul
     if hasattr(dul, "_run_loop_delay"):  # private in pynetdicom 3.0; harmless if it goes away
-        dul._run_loop_delay = poll
+        dul._run_loop_delay = DUL_POLL_SECONDS
     sock = dul.socket
     if sock is not None and sock.socket is not None:
         try:
@@ -226,10 +222,10 @@ class _Abortable:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._assoc: Association | None = None
+        self._assoc: Association | _CancelTask | None = None
         self.cancelled = False
 
-    def set(self, assoc: Association | None) -> None:
+    def set(self, assoc: Association | _CancelTask | None) -> None:
         with self._lock:
             self._assoc = assoc
             if assoc is not None and self.cancelled:
@@ -240,10 +236,25 @@ class _Abortable:
             self.cancelled = True
             if self._assoc is not None:
                 self._assoc.abort()
-                # A local abort does not wake a thread blocked on the next DIMSE response (it
-                # would sit out the DIMSE timeout); (None, None) is what pynetdicom queues when
-                # the peer aborts, so the worker sees "no response" at once.
-                self._assoc.dimse.msg_queue.put((None, None))
+                if isinstance(self._assoc, Association):
+                    # A local abort does not wake a thread blocked on the next DIMSE response
+                    # (it would sit out the DIMSE timeout); (None, None) is what pynetdicom
+                    # queues when the peer aborts, so the worker sees "no response" at once.
+                    self._assoc.dimse.msg_queue.put((None, None))
+
+
+class _CancelTask:
+    """What :class:`_Abortable` aborts for a C-MOVE: its task, in the worker thread's loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None) -> None:
+        self._loop, self._task = loop, task
+
+    def abort(self) -> None:
+        if self._task is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._task.cancel)
+            except RuntimeError:  # that loop is already closed: the move is over
+                pass
 
 
 class Retrieval(AsyncIterator[StoredInstance]):
@@ -395,13 +406,12 @@ class PacsLink:
 
     def _association(self, contexts: list[PresentationContext], abort: _Abortable,
                      timeout: float | None = None, roles: list[Any] | None = None,
-                     handlers: list[Any] | None = None,
-                     poll: float = DUL_POLL_SECONDS) -> _Associated:
+                     handlers: list[Any] | None = None) -> _Associated:
         pacs = self._config.pacs
         ae = self._ae(timeout or pacs.timeout)
         ae.requested_contexts = contexts
         assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title, ext_neg=roles or None,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, tune_association, [poll])]
+                             evt_handlers=[(evt.EVT_CONN_OPEN, tune_association)]
                              + (handlers or []))
         if not assoc.is_established:
             why = ("rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted
@@ -504,20 +514,15 @@ class PacsLink:
         # Ordering makes this exact: the store calls on_stored before the C-STORE response goes
         # out, the PACS sends its final response after the last C-STORE response, and the worker's
         # completion reaches the loop after it; so when the task is done the queue holds it all.
+        # One queue carries both, in that order: a wait per instance costs one future, not a
+        # task and a wait set (this runs for every instance, beside the SCP receiving the next).
         seen: set[str] = set()
+        done = object()
         self._store.add_listener(on_stored)
         task = asyncio.ensure_future(self._run(work, self._config.pacs.retrieve_timeout))
+        task.add_done_callback(lambda _task: queue.put_nowait(done))
         try:
-            while not task.done() or not queue.empty():
-                if queue.empty():
-                    getter = asyncio.ensure_future(queue.get())
-                    await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                    if not getter.done():
-                        getter.cancel()
-                        continue
-                    item = getter.result()
-                else:
-                    item = queue.get_nowait()
+            while (item := await queue.get()) is not done:
                 if item.sop_uid not in seen:  # a retried C-MOVE may resend what we already have
                     seen.add(item.sop_uid)
                     yield item
@@ -557,11 +562,30 @@ class PacsLink:
         return summary
 
     def _move(self, identifier: Dataset, abort: _Abortable) -> RetrieveSummary:
-        timeout = self._config.pacs.retrieve_timeout
-        with self._association([build_context(StudyRootQueryRetrieveInformationModelMove)],
-                               abort, timeout=timeout, poll=MOVE_POLL_SECONDS) as assoc:
-            final, ident = self._last_response(assoc.send_c_move(
-                identifier, self._config.dicom.ae_title, StudyRootQueryRetrieveInformationModelMove))
+        """C-MOVE on the box's own upper layer (appliance/dicom/requestor.py), in this worker
+        thread's own event loop; ``abort`` cancels it from the link's loop."""
+        pacs, own_ae = self._config.pacs, self._config.dicom.ae_title
+
+        async def move() -> tuple[Dataset | None, Dataset | None]:
+            abort.set(_CancelTask(asyncio.get_running_loop(), asyncio.current_task()))
+            try:
+                return await requestor.c_move(
+                    host=pacs.host, port=pacs.port, calling_ae=own_ae, called_ae=pacs.ae_title,
+                    destination=own_ae, sop_class=StudyRootQueryRetrieveInformationModelMove,
+                    identifier=identifier, max_pdu=self._config.dicom.max_pdu,
+                    connect_timeout=pacs.timeout, response_timeout=pacs.retrieve_timeout)
+            finally:
+                abort.set(None)
+
+        try:
+            final, ident = asyncio.run(move())
+        except asyncio.CancelledError:
+            raise PacsUnavailable("retrieve cancelled") from None
+        except requestor.MoveUnavailable as e:
+            raise PacsUnavailable(f"association with {pacs.ae_title}@{pacs.host}:{pacs.port} "
+                                  f"failed: {e}") from None
+        if abort.cancelled:
+            raise PacsUnavailable("retrieve cancelled")
         return self._summary(final, ident, "C-MOVE")
 
     def _get(self, identifier: Dataset, sop_classes: list[str],

@@ -1,4 +1,5 @@
-"""The DICOM upper layer (PS3.8) as the box's storage SCP needs it, on asyncio streams.
+"""The DICOM upper layer (PS3.8) as the box's storage SCP and its C-MOVE requestor need it, on
+asyncio streams.
 
 Association PDUs (A-ASSOCIATE-RQ/AC/RJ) are rare and intricate: pynetdicom's PDU classes decode
 and encode them, and its presentation-context negotiation picks the transfer syntaxes. What runs
@@ -87,12 +88,14 @@ def pdvs(body: bytes) -> Iterator[tuple[int, int, memoryview]]:
         offset += 4 + length
 
 
-def p_data(context_id: int, command: bytes) -> bytes:
-    """A P-DATA-TF PDU carrying one whole command set (a response: always small)."""
-    pdv = _PDV.pack(len(command) + 2, context_id, 0x03) + command
+def p_data(context_id: int, value: bytes, header: int = 0x03) -> bytes:
+    """A P-DATA-TF PDU with one PDV: by default a whole command set (a response: always small);
+    ``header=0x02`` for the last (here: only) fragment of a data set."""
+    pdv = _PDV.pack(len(value) + 2, context_id, header) + value
     return _HEADER.pack(P_DATA, len(pdv)) + pdv
 
 
+RELEASE_RQ_PDU = _HEADER.pack(RELEASE_RQ, 4) + b"\x00" * 4
 RELEASE_RP_PDU = _HEADER.pack(RELEASE_RP, 4) + b"\x00" * 4
 
 
@@ -151,15 +154,56 @@ def accept(request: Request, supported: Sequence[PresentationContext],
     primitive.called_ae_title = rq.called_ae_title
     primitive.result, primitive.result_source = 0x00, 0x01
     primitive.presentation_context_definition_results_list = results
+    primitive.user_information = _user_information(max_pdu)
+    pdu = A_ASSOCIATE_AC()
+    pdu.from_primitive(primitive)
+    accepted = {int(cx.context_id): (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                for cx in results if cx.result == 0 and cx.context_id is not None}
+    return bytes(pdu.encode()), accepted
+
+
+def _user_information(max_pdu: int) -> list[object]:
     length = MaximumLengthNotification()
     length.maximum_length_received = max_pdu
     impl_uid = ImplementationClassUIDNotification()
     impl_uid.implementation_class_uid = UID(IMPLEMENTATION_UID)
     impl_version = ImplementationVersionNameNotification()
     impl_version.implementation_version_name = IMPLEMENTATION_VERSION
-    primitive.user_information = [length, impl_uid, impl_version]
-    pdu = A_ASSOCIATE_AC()
+    return [length, impl_uid, impl_version]
+
+
+def request_pdu(calling_ae: str, called_ae: str, abstract_syntax: str,
+                transfer_syntaxes: Sequence[str], max_pdu: int) -> bytes:
+    """An A-ASSOCIATE-RQ proposing one presentation context (id 1)."""
+    context = PresentationContext()
+    context.context_id = 1
+    context.abstract_syntax = UID(abstract_syntax)
+    context.transfer_syntax = [UID(ts) for ts in transfer_syntaxes]
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = UID(APPLICATION_CONTEXT)
+    primitive.calling_ae_title = calling_ae
+    primitive.called_ae_title = called_ae
+    primitive.presentation_context_definition_list = [context]
+    primitive.user_information = _user_information(max_pdu)
+    pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
-    accepted = {int(cx.context_id): (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
-                for cx in results if cx.result == 0 and cx.context_id is not None}
-    return bytes(pdu.encode()), accepted
+    return bytes(pdu.encode())
+
+
+def decode_accept(body: bytes) -> tuple[dict[int, str], int]:
+    """From an A-ASSOCIATE-AC: {accepted context id: transfer syntax}, the peer's max PDU."""
+    pdu = A_ASSOCIATE_AC()
+    try:
+        pdu.decode(_HEADER.pack(ASSOCIATE_AC, len(body)) + body)
+        primitive = pdu.to_primitive()
+    except Exception as e:  # pynetdicom raises many types on damaged PDUs
+        raise ProtocolError(f"undecodable A-ASSOCIATE-AC: {type(e).__name__}",
+                            ABORT_INVALID_PARAMETER) from None
+    peer_max = 0
+    for item in primitive.user_information or []:
+        if isinstance(item, MaximumLengthNotification):
+            peer_max = int(item.maximum_length_received or 0)
+    accepted = {int(cx.context_id): str(cx.transfer_syntax[0])
+                for cx in primitive.presentation_context_definition_results_list or []
+                if cx.result == 0 and cx.context_id is not None and cx.transfer_syntax}
+    return accepted, peer_max
