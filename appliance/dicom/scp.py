@@ -91,9 +91,11 @@ class DicomNode:
         self._thread.start()
         try:
             await asyncio.wrap_future(started)
-        except BaseException:
+        except BaseException:  # could not bind: nothing to serve
             await asyncio.to_thread(self._thread.join, 5)
             self._thread = None
+            self._pool.shutdown(wait=False)
+            self._pool = None
             raise
         cfg = self._config.dicom
         log.info("DICOM node listening", extra={"ae_title": cfg.ae_title, "bind": cfg.bind,
@@ -116,8 +118,8 @@ class DicomNode:
         server, self._server = self._server, None
         server.close()
         # Abort whatever is in flight: a C-STORE whose data set has not fully arrived is dropped
-        # (its partial file removed); one already in the store completes atomically (the pool
-        # is drained below).
+        # (its partial file removed); one already in the store completes atomically (stop()
+        # drains the pool).
         for writer in list(self._connections.values()):
             _abort(writer, 0)
         tasks = list(self._connections)
