@@ -2,9 +2,9 @@
 
 A PACS answers a C-MOVE with one "pending" response per instance it sends, while the instances
 themselves arrive on the box's SCP in the same process. Read by pynetdicom, every pending response
-went through two polling threads and a full pydicom decode, and the box's own C-MOVE ran ~15 %
-slower than the same C-MOVE asked by DCMTK's movescu (measured in bench/bench_dicom.py). Here a
-pending response is a few bytes read on an event loop; only the final one is decoded with pydicom.
+goes through two polling threads and a full pydicom decode, all competing with that SCP for the
+interpreter. Here a pending response is a few bytes read on an event loop; only the final one is
+decoded with pydicom.
 """
 
 from __future__ import annotations
