@@ -13,7 +13,6 @@ import concurrent.futures
 import ctypes
 import gzip
 import io
-import json
 import logging
 import os
 import re
@@ -31,7 +30,7 @@ from pydicom.datadict import tag_for_keyword
 from appliance.config import Config
 
 from .db import Database
-from .metadata import BASE, instance_elements
+from .metadata import BASE, as_text, instance_elements
 
 log = logging.getLogger(__name__)
 
@@ -440,8 +439,7 @@ class Store:
             # now, so a damaged element is refused before a byte is written.
             elements = instance_elements(ds, ds.StudyInstanceUID, ds.SeriesInstanceUID,
                                          ds.SOPInstanceUID)
-            ds._drimbox_meta_json = json.dumps(elements, separators=(",", ":"),
-                                               ensure_ascii=False)
+            ds._drimbox_meta_json = as_text(elements)
             ds._drimbox_fields = _index_fields(ds, elements)
         except InvalidInstance:
             raise

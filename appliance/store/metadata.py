@@ -46,10 +46,9 @@ _CONTROLS_OK = re.compile(r"[\x20-\x7e\t\n\f\r]*")
 _ESC = b"\x1b"
 
 
-def instance_json(ds: Dataset, study_uid: str, series_uid: str, sop_uid: str) -> str:
-    """The instance's DICOM JSON object as compact text."""
-    return json.dumps(instance_elements(ds, study_uid, series_uid, sop_uid),
-                      separators=(",", ":"), ensure_ascii=False)
+def as_text(elements: dict[str, Any]) -> str:
+    """A DICOM JSON object as the compact text the store keeps."""
+    return json.dumps(elements, separators=(",", ":"), ensure_ascii=False)
 
 
 def instance_elements(ds: Dataset, study_uid: str, series_uid: str,

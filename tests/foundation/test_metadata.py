@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from appliance import generate
-from appliance.store.metadata import BASE, instance_json
+from appliance.store.metadata import BASE, as_text, instance_elements
 
 
 def _reference(ds: Dataset) -> dict:
@@ -40,8 +40,8 @@ def _both(data: bytes) -> tuple[str, str]:
     """(ours, pydicom's) JSON text for one Part 10 file, each read afresh (raw elements), or the
     name of the error."""
     out = []
-    for encode in (lambda ds: json.loads(instance_json(ds, ds.StudyInstanceUID,
-                                                       ds.SeriesInstanceUID, ds.SOPInstanceUID)),
+    for encode in (lambda ds: json.loads(as_text(instance_elements(
+                       ds, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID))),
                    _reference):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns about invalid values
