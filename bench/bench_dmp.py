@@ -40,6 +40,7 @@ from tests.dmp.conftest import client_context
 from tests.dmp.kos import sample_submission
 from appliance.tlsgateway import contract
 from tests.dmp.pki import simulator_certs
+from tests.peers.network import with_test_keys
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,15 +67,7 @@ def submission(instances: int) -> KosSubmission:
 
 def start_gateway(pki, url: str, d: Path) -> tuple[subprocess.Popen, contract.Plan]:
     """A TLS gateway on a box configuration whose DMP is the simulator at ``url``."""
-    hsm = pki.hsm_config(0)
-    text = (config_mod.example(str(d / "data"))
-            .replace('module = "/usr/lib/softhsm/libsofthsm2.so"', f'module = "{hsm.module}"')
-            .replace('token_label = "drimbox"', f'token_label = "{hsm.token_label}"')
-            .replace('pin_file = "/run/credentials/drimbox.service/hsm-pin"',
-                     f'pin_file = "{hsm.pin_file}"\ntrust_anchors = ["{pki.bundle}"]')
-            .replace('url = "https://dmp.example.org/si-dmp-server/v2/services"',
-                     f'url = "{url}"')
-            .replace('ca_file = "/etc/drimbox/dmp-ca.pem"', f'ca_file = "{pki.bundle}"'))
+    text = with_test_keys(config_mod.example(str(d / "data")), pki, url, dmp_timeout=30.0)  # the default
     d.mkdir(parents=True, exist_ok=True)
     (d / "box.toml").write_text(text)
     plan = contract.plan(config_mod.load(d / "box.toml"))

@@ -51,7 +51,7 @@ async def c_move(*, host: str, port: int, calling_ae: str, called_ae: str, desti
             raise MoveUnavailable("association rejected")
         if kind != ul.ASSOCIATE_AC:
             raise MoveUnavailable("association aborted")
-        accepted, _peer_max = ul.decode_accept(body)
+        accepted = ul.decode_accept(body)
         if 1 not in accepted:
             raise MoveUnavailable("the PACS refused the C-MOVE presentation context")
         syntax = UID(accepted[1])

@@ -111,23 +111,23 @@ class Request:
     primitive: A_ASSOCIATE
     calling_ae: str
     called_ae: str
-    peer_max_pdu: int
+
+
+def _decode_associate(pdu: A_ASSOCIATE_RQ | A_ASSOCIATE_AC, kind: int, name: str,
+                      body: bytes) -> A_ASSOCIATE:
+    """The primitive of an A-ASSOCIATE-RQ or -AC, decoded by pynetdicom."""
+    try:
+        pdu.decode(_HEADER.pack(kind, len(body)) + body)
+        return pdu.to_primitive()
+    except Exception as e:  # pynetdicom raises many types on damaged PDUs
+        raise ProtocolError(f"undecodable {name}: {type(e).__name__}",
+                            ABORT_INVALID_PARAMETER) from None
 
 
 def decode_request(body: bytes) -> Request:
-    pdu = A_ASSOCIATE_RQ()
-    try:
-        pdu.decode(_HEADER.pack(ASSOCIATE_RQ, len(body)) + body)
-        primitive = pdu.to_primitive()
-    except Exception as e:  # pynetdicom raises many types on damaged PDUs
-        raise ProtocolError(f"undecodable A-ASSOCIATE-RQ: {type(e).__name__}",
-                            ABORT_INVALID_PARAMETER) from None
-    peer_max = 0
-    for item in primitive.user_information or []:
-        if isinstance(item, MaximumLengthNotification):
-            peer_max = int(item.maximum_length_received or 0)
+    primitive = _decode_associate(A_ASSOCIATE_RQ(), ASSOCIATE_RQ, "A-ASSOCIATE-RQ", body)
     return Request(primitive, (primitive.calling_ae_title or "").strip(),
-                   (primitive.called_ae_title or "").strip(), peer_max)
+                   (primitive.called_ae_title or "").strip())
 
 
 def reject_pdu(result: int, source: int, reason: int) -> bytes:
@@ -190,20 +190,10 @@ def request_pdu(calling_ae: str, called_ae: str, abstract_syntax: str,
     return bytes(pdu.encode())
 
 
-def decode_accept(body: bytes) -> tuple[dict[int, str], int]:
-    """From an A-ASSOCIATE-AC: {accepted context id: transfer syntax}, the peer's max PDU."""
-    pdu = A_ASSOCIATE_AC()
-    try:
-        pdu.decode(_HEADER.pack(ASSOCIATE_AC, len(body)) + body)
-        primitive = pdu.to_primitive()
-    except Exception as e:  # pynetdicom raises many types on damaged PDUs
-        raise ProtocolError(f"undecodable A-ASSOCIATE-AC: {type(e).__name__}",
-                            ABORT_INVALID_PARAMETER) from None
-    peer_max = 0
-    for item in primitive.user_information or []:
-        if isinstance(item, MaximumLengthNotification):
-            peer_max = int(item.maximum_length_received or 0)
-    accepted = {int(cx.context_id): str(cx.transfer_syntax[0])
-                for cx in primitive.presentation_context_definition_results_list or []
-                if cx.result == 0 and cx.context_id is not None and cx.transfer_syntax}
-    return accepted, peer_max
+def decode_accept(body: bytes) -> dict[int, str]:
+    """From an A-ASSOCIATE-AC: {accepted context id: transfer syntax}. (The peer's maximum PDU
+    does not matter: the box sends it only command sets and a query identifier, all small.)"""
+    primitive = _decode_associate(A_ASSOCIATE_AC(), ASSOCIATE_AC, "A-ASSOCIATE-AC", body)
+    return {int(cx.context_id): str(cx.transfer_syntax[0])
+            for cx in primitive.presentation_context_definition_results_list or []
+            if cx.result == 0 and cx.context_id is not None and cx.transfer_syntax}

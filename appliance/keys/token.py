@@ -86,7 +86,8 @@ def read_pin(pin_file: Path) -> str:
     return pin
 
 
-def _file_identity(p: Path) -> tuple[int, int, int]:
+def file_identity(p: Path) -> tuple[int, int, int]:
+    """Tells a changed file from the same one (a new PIN file is a new budget of attempts)."""
     try:
         st = p.stat()
         return (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -223,7 +224,7 @@ class Token:
         log.info("token opened", extra={"token": self.token_label})
 
     def _login(self, tok: Any) -> Any:
-        ident = _file_identity(self.pin_file)
+        ident = file_identity(self.pin_file)
         if ident != self._pin_identity:  # a new PIN file: a new budget of attempts
             self._pin_identity, self._failed_logins = ident, 0
         if self._failed_logins >= self.max_pin_attempts:

@@ -33,20 +33,13 @@ import aiohttp
 
 import appliance
 from appliance.component import Health
+from appliance.keys.token import file_identity
 
 from . import contract
 
 log = logging.getLogger(__name__)
 
 _CODE_ROOT = str(Path(appliance.__file__).resolve().parent.parent)
-
-
-def _file_identity(p: Path) -> tuple[int, int, int]:
-    try:
-        st = p.stat()
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-    except OSError:
-        return (0, 0, 0)
 
 
 class TlsGateway:
@@ -145,7 +138,7 @@ class TlsGateway:
                 await asyncio.sleep(0.5)
                 continue
             if self._pin_refused is not None:
-                if _file_identity(pin_file) == self._pin_refused:
+                if file_identity(pin_file) == self._pin_refused:
                     self._status = "PIN refused; not trying again until hsm.pin_file changes"
                     self._settle()
                     await asyncio.sleep(1.0)
@@ -162,7 +155,7 @@ class TlsGateway:
             self.restarts += 1
             reason = self._exit_reason(code)
             if code == contract.EXIT_PIN:
-                self._pin_refused = _file_identity(pin_file)
+                self._pin_refused = file_identity(pin_file)
                 continue
             if code == contract.EXIT_CONFIG and not self._settled_set():
                 self._fatal = f"the TLS gateway cannot start: {reason}"

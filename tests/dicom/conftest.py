@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import dataclasses
 import os
 import shutil
@@ -11,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
 
 from appliance import config as C
 from appliance.dicom.scp import DicomNode
@@ -50,6 +54,24 @@ def dataset_bytes(data: bytes) -> bytes:
     assert data[132:136] == b"\x02\x00\x00\x00"
     group_len = int.from_bytes(data[140:144], "little")
     return data[144 + group_len:]
+
+
+def store_rq_pdus(sop_class_uid: str, sop_instance_uid: str, data_set: bytes, *,
+                  context_id: int = 1, max_pdu: int = 16384) -> list[bytes]:
+    """The P-DATA-TF PDUs a requestor sends for one C-STORE, as pynetdicom encodes them."""
+    req = C_STORE()
+    req.MessageID = 7
+    req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = sop_class_uid, sop_instance_uid
+    req.Priority = 2
+    req.DataSet = io.BytesIO(data_set)
+    msg = C_STORE_RQ()
+    msg.primitive_to_message(req)
+    out = []
+    for primitive in msg.encode_msg(context_id, max_pdu):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        out.append(pdu.encode())
+    return out
 
 
 def stored_files(store: Store) -> list[Path]:

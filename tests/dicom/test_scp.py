@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import socket
 import struct
@@ -25,16 +24,20 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, build_context
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.pdu import P_DATA_TF
 
 from appliance import config as C
 from appliance.dicom.scp import DicomNode
 from appliance.generate import synthetic_study
 from appliance.store import Store, StoredInstance
 
-from .conftest import BOX_AET, MODALITY_AET, dataset_bytes, run_tool, stored_files
+from .conftest import (
+    BOX_AET,
+    MODALITY_AET,
+    dataset_bytes,
+    run_tool,
+    store_rq_pdus,
+    stored_files,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -228,23 +231,10 @@ def _pdata(context_id: int, header: int, payload: bytes) -> bytes:
     return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
 
 
-def _store_pdus(path: Path, max_pdu: int = 16384) -> list[bytes]:
-    """The P-DATA-TF PDUs a requestor sends for one C-STORE on presentation context 1."""
-    ds = pydicom.dcmread(path)
-    req = C_STORE()
-    req.MessageID = 1
-    req.AffectedSOPClassUID = ds.SOPClassUID
-    req.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    req.Priority = 2
-    req.DataSet = io.BytesIO(dataset_bytes(path.read_bytes()))
-    msg = C_STORE_RQ()
-    msg.primitive_to_message(req)
-    out = []
-    for primitive in msg.encode_msg(1, max_pdu):
-        pdu = P_DATA_TF()
-        pdu.from_primitive(primitive)
-        out.append(pdu.encode())
-    return out
+def _store_pdus(path: Path) -> list[bytes]:
+    """The P-DATA-TF PDUs a requestor sends for one C-STORE of ``path`` on context 1."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return store_rq_pdus(ds.SOPClassUID, ds.SOPInstanceUID, dataset_bytes(path.read_bytes()))
 
 
 async def _still_serving(node: DicomNode) -> None:

@@ -16,35 +16,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.filereader import read_dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.pdu import P_DATA_TF
-
 from appliance.dicom import dimse, ul
 from appliance.dicom.ingest import part10_header
 
+from .conftest import store_rq_pdus
+
 CT = "1.2.840.10008.5.1.4.1.1.2"
-
-
-def _store_rq_pdus(max_pdu: int, data: bytes) -> list[bytes]:
-    req = C_STORE()
-    req.MessageID, req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = 7, CT, "1.2.3.4"
-    req.Priority = 2
-    req.DataSet = io.BytesIO(data)
-    msg = C_STORE_RQ()
-    msg.primitive_to_message(req)
-    pdus = []
-    for primitive in msg.encode_msg(3, max_pdu):
-        pdu = P_DATA_TF()
-        pdu.from_primitive(primitive)
-        pdus.append(pdu.encode())
-    return pdus
 
 
 def test_pynetdicom_request_is_walked_and_decoded() -> None:
     data = bytes(range(256)) * 200
     command, data_set = bytearray(), bytearray()
-    for pdu in _store_rq_pdus(4096, data):
+    for pdu in store_rq_pdus(CT, "1.2.3.4", data, context_id=3, max_pdu=4096):
         for context_id, header, fragment in ul.pdvs(pdu[6:]):
             assert context_id == 3
             (command if header & 1 else data_set).extend(fragment)

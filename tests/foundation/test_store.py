@@ -211,3 +211,27 @@ def test_acknowledged_file_without_row_is_reindexed_at_open(tmp_path: Path, stud
     assert row is not None and row["size"] == stored[1].size
     assert s.used_bytes == sum(x.size for x in stored)
     assert (s.root / stored[0].study_uid / stored[0].series_uid / "9.9.9.invalid").exists()
+
+
+def test_spare_temp_files_are_used_and_never_left_behind(tmp_path: Path,
+                                                         study: list[Path]) -> None:
+    s = Store(_cfg(tmp_path))
+    s.open()
+    s.prepare_incoming()
+    (spare,) = list(s.spare_dir.iterdir())
+    assert spare.stat().st_size == 0
+    incoming = s.incoming()  # takes the spare: no file to create during the transfer
+    assert incoming.tmp == spare
+    data = study[0].read_bytes()
+    incoming.write(data)
+    inst = incoming.finish(data)
+    assert inst.path.read_bytes() == data and not spare.exists()
+    s.prepare_incoming()
+    s.close()  # an unused spare goes with the store
+    assert not list(s.spare_dir.iterdir())
+    s.prepare_incoming()  # closed: nothing is made
+    assert not list(s.spare_dir.iterdir())
+    (s.spare_dir / "left-by-a-crash").write_bytes(b"")
+    s.open()  # and a crash's leftovers are removed at the next start
+    assert not list(s.spare_dir.iterdir())
+    s.close()

@@ -170,26 +170,32 @@ class SourceBox:
                              f"{self.logs()[-3000:]}")
 
 
-def source_box_config(tmp: Path, pki: Any, sim: Simulator, pacs: Orthanc, extra: str = "",
-                      public_url: str | None = None) -> SourceBox:
-    """A source box (roles.source) with its keys on the test PKI's first SoftHSM token, linked to
-    ``pacs`` and ``sim``. ``pacs.box_dicom_port`` is the port the PACS knows the box on."""
+def with_test_keys(config_text: str, pki: Any, dmp_url: str, dmp_timeout: float = 10.0) -> str:
+    """The example configuration with its keys on the test PKI's first SoftHSM token and its
+    DMP at ``dmp_url`` (the simulator), trusting the test PKI."""
     hsm = pki.hsm_config(0)
-    http, hl7 = free_port(), free_port()
-    public_url = public_url or "https://db1.test.mesimagesmedicales.fr:8443"
-    public_url = public_url.replace("{http}", str(http))
-    ports = {8443: http, 2575: hl7, 11112: pacs.box_dicom_port,  # type: ignore[attr-defined]
-             4242: pacs.dicom_port}
-    text = (with_ports(config.example(str(tmp / "data")), ports)
-            .replace("https://db1.example.org:8443", public_url)
-            .replace('ae_title = "PACS"', f'ae_title = "{pacs.aet}"')
+    return (config_text
             .replace('module = "/usr/lib/softhsm/libsofthsm2.so"', f'module = "{hsm.module}"')
             .replace('token_label = "drimbox"', f'token_label = "{hsm.token_label}"')
             .replace('pin_file = "/run/credentials/drimbox.service/hsm-pin"',
                      f'pin_file = "{hsm.pin_file}"\ntrust_anchors = ["{pki.bundle}"]')
             .replace('url = "https://dmp.example.org/si-dmp-server/v2/services"',
-                     f'url = "{sim.url}"\ntimeout = 10.0')
-            .replace('ca_file = "/etc/drimbox/dmp-ca.pem"', f'ca_file = "{pki.bundle}"')
+                     f'url = "{dmp_url}"\ntimeout = {dmp_timeout}')
+            .replace('ca_file = "/etc/drimbox/dmp-ca.pem"', f'ca_file = "{pki.bundle}"'))
+
+
+def source_box_config(tmp: Path, pki: Any, sim: Simulator, pacs: Orthanc, extra: str = "",
+                      public_url: str | None = None) -> SourceBox:
+    """A source box (roles.source) with its keys on the test PKI's first SoftHSM token, linked to
+    ``pacs`` and ``sim``. ``pacs.box_dicom_port`` is the port the PACS knows the box on."""
+    http, hl7 = free_port(), free_port()
+    public_url = public_url or "https://db1.test.mesimagesmedicales.fr:8443"
+    public_url = public_url.replace("{http}", str(http))
+    ports = {8443: http, 2575: hl7, 11112: pacs.box_dicom_port,  # type: ignore[attr-defined]
+             4242: pacs.dicom_port}
+    text = (with_test_keys(with_ports(config.example(str(tmp / "data")), ports), pki, sim.url)
+            .replace("https://db1.example.org:8443", public_url)
+            .replace('ae_title = "PACS"', f'ae_title = "{pacs.aet}"')
             .replace("consumer = true", "consumer = false")) + extra
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = tmp / "box.toml"
