@@ -70,6 +70,7 @@ class TlsGateway:
         self._status = "not started"
         self._fatal = ""
         self._pin_refused: tuple[int, int, int] | None = None
+        self._arrivals = -1  # the token arrival the running gateway was started after
 
     # -- for the users of egress ---------------------------------------------------------------
 
@@ -119,6 +120,10 @@ class TlsGateway:
         alive = self._proc is not None and self._proc.returncode is None
         details: dict[str, Any] = {"pid": self._proc.pid if alive and self._proc else None,
                                    "restarts": self.restarts}
+        if alive and self.keys.token.arrivals != self._arrivals:
+            # The token came back since this gateway started: its provider may hold dead
+            # sessions, and it is about to be replaced. Not ready until then.
+            return Health(False, "token back: restarting", details)
         return Health(self._ready and alive, self._status, details)
 
     # -- supervision ---------------------------------------------------------------------------
@@ -182,6 +187,7 @@ class TlsGateway:
 
     async def _run_once(self, arrivals: int) -> tuple[int | None, float]:
         """Run one gateway process until it exits (its code) or is replaced (None)."""
+        self._arrivals = arrivals
         with contextlib.suppress(FileNotFoundError):
             self.plan.exit_reason.unlink()
         self._status = "starting"
