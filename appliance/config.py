@@ -146,6 +146,11 @@ class HttpConfig:
     # Added keys: the server certificate; its key is a token key (hsm) named by label.
     cert_file: Path | None = None
     server_key_label: str = "server"
+    # Limits of the HTTP side (the TLS gateway applies the same to HTTPS).
+    keepalive_timeout: float = field(default=15.0, metadata=_check(_positive))
+    header_timeout: float = field(default=10.0, metadata=_check(_positive))
+    body_timeout: float = field(default=60.0, metadata=_check(_positive))
+    max_body_bytes: int = field(default=64 * 1024**2, metadata=_check(_positive))
 
 
 @dataclass(frozen=True)
@@ -208,6 +213,62 @@ class StoreConfig:
     fsync: bool = True
 
 
+def _network(v: str) -> str | None:
+    try:
+        ipaddress.ip_network(v, strict=False)
+        return None
+    except ValueError:
+        return "an IP address or network such as 10.1.2.3 or 10.1.2.0/24"
+
+
+@dataclass(frozen=True)
+class DicomwebConfig:
+    """Added section: who may read the box's DICOMweb besides peers and viewer sessions."""
+
+    # Site tools (a local viewer, a PACS) on these addresses or networks read without a token.
+    # Default empty: nobody. Every start logs a warning while it is not empty.
+    open_to: tuple[str, ...] = field(default=(), metadata=_check(
+        lambda v: next((f"{x!r}: {p}" for x in v if (p := _network(x))), None)))
+    max_concurrent_per_peer: int = field(default=4, metadata=_check(_positive))
+    request_timeout: float = field(default=600.0, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    """Added section: the national whitelist (ListeBlancheDRIM-M) of DRIM-M peer boxes."""
+
+    # Where the signed list is fetched: http(s):// or file://; "" = no list, so no peer is trusted.
+    whitelist_url: str = field(default="", metadata=_check(
+        lambda v: None if not v or urlsplit(v).scheme in ("http", "https", "file")
+        else "an http(s):// or file:// URL, or empty"))
+    # Anchors that verify the list's signer (ANS / IGC-Santé roots); default hsm.trust_anchors.
+    whitelist_anchors: tuple[Path, ...] = ()
+    whitelist_signer_cn: str = field(default="Liste Blanche DRIM-M", metadata=_check(_non_empty))
+    whitelist_signer_ou: str = field(default="318751275100020", metadata=_check(_non_empty))
+    whitelist_refresh: float = field(default=3600.0, metadata=_check(_positive))   # seconds
+    whitelist_max_age: float = field(default=7 * 86400.0, metadata=_check(_positive))
+    # "require": the signer's CRL (plain HTTP, as the national rules allow) must be fetched and
+    # must not list it; "off": not checked (development only).
+    revocation: str = field(default="require", metadata=_check(_one_of("require", "off")))
+    fetch_timeout: float = field(default=20.0, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
+class PscConfig:
+    """Added section: Pro Santé Connect (OIDC), reached through the TLS gateway with mTLS."""
+
+    enabled: bool = False
+    discovery_url: str = field(default="", metadata=_check(
+        lambda v: None if not v else _https_or_http_url(v)))
+    client_id: str = ""
+    ca_file: Path | None = None          # anchors of PSC's server certificate
+    # The audience a peer's access token must carry to read from this box (default client_id).
+    audience: str = ""
+    timeout: float = field(default=10.0, metadata=_check(_positive))
+    # Introspection answers are cached this long at most, never past the token's expiry.
+    introspection_cache: float = field(default=30.0, metadata=_check(_non_negative))
+
+
 @dataclass(frozen=True)
 class Config:
     box: BoxConfig
@@ -220,6 +281,9 @@ class Config:
     dmp: DmpConfig
     store: StoreConfig = StoreConfig()
     source: SourceConfig = SourceConfig()
+    dicomweb: DicomwebConfig = DicomwebConfig()
+    trust: TrustConfig = TrustConfig()
+    psc: PscConfig = PscConfig()
     path: Path | None = None
 
     @property
@@ -246,8 +310,11 @@ _SECTIONS: dict[str, type] = {
     "dmp": DmpConfig,
     "store": StoreConfig,
     "source": SourceConfig,
+    "dicomweb": DicomwebConfig,
+    "trust": TrustConfig,
+    "psc": PscConfig,
 }
-_OPTIONAL_SECTIONS = {"store", "source"}
+_OPTIONAL_SECTIONS = {"store", "source", "dicomweb", "trust", "psc"}
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
                Path: "a file path (string)"}
@@ -334,7 +401,19 @@ def parse(text: str, base: Path = Path("."), path: Path | None = None) -> Config
             raise ConfigError(f"{name}: expected a table [{name}]")
         sections[name] = _build(name, cls, doc[name], base)
     cfg = Config(**sections, path=path)
+    _check_rules(cfg)
     return cfg
+
+
+def _check_rules(cfg: Config) -> None:
+    """Rules across keys; ``config check`` and ``run`` both go through here."""
+    if cfg.psc.enabled:
+        for key in ("discovery_url", "client_id"):
+            if not getattr(cfg.psc, key):
+                raise ConfigError(f"psc.{key}: missing key (needed when psc.enabled is true)")
+        if not cfg.hsm.enabled:
+            raise ConfigError("psc.enabled: needs hsm.enabled (the box authenticates to Pro "
+                              "Santé Connect by mTLS with its token key)")
 
 
 def load(path: str | Path) -> Config:
