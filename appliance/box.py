@@ -12,6 +12,7 @@ re-initialised when its token comes back.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aiohttp import web
@@ -24,8 +25,13 @@ from appliance.dicom.scu import PacsLink
 from appliance.dicomweb import server as dicomweb
 from appliance.store import Store
 from appliance.store.component import StoreComponent
+from appliance.trust.guard import Guard
+from appliance.trust.published import PublishedKos
+from appliance.trust.sessions import SessionStore
 from appliance.web import admin
 from appliance.web.server import HttpServer, make_app
+
+log = logging.getLogger(__name__)
 
 
 def build(config: Config) -> Daemon:
@@ -66,16 +72,57 @@ def build(config: Config) -> Daemon:
                          check_accession=config.source.check_accession)
         components += [dmp, outbox, IocmWatcher(store, outbox.wake), hl7]
 
+    whitelist = psc = None
+    if config.trust.whitelist_url:
+        from appliance.trust.service import WhitelistService
+
+        whitelist = WhitelistService(config)
+        components.append(whitelist)
+    if config.psc.enabled:
+        from appliance.psc.link import PscLink
+
+        psc = PscLink(config, gateway)
+        components.append(psc)
+
+    guard = _guard(config, store, whitelist, psc)
     subapps: dict[str, web.Application] = {
         "/api/admin": admin.make_app(config, store, pacs, outbox),
-        "/dicom-web": dicomweb.make_app(store),
+        "/dicom-web": dicomweb.make_app(store, guard=guard, base_url=None),
     }
     daemon = Daemon(config, components)
     app_socket = gateway.plan.app_socket if gateway is not None and gateway.plan.ingress \
         else None
-    app = make_app(daemon.health, subapps, behind_gateway=app_socket is not None)
+    token = admin.ensure_token(config)
+    app = make_app(daemon.health, subapps, behind_gateway=app_socket is not None,
+                   admin_token=lambda: token, max_body_bytes=config.http.max_body_bytes)
     components.append(HttpServer(config, app, unix_path=app_socket))
     return daemon
+
+
+def _guard(config: Config, store: Store, whitelist: Any, psc: Any) -> Guard:
+    """The DICOMweb access guard: peers by whitelist + PSC token + KOS, sessions, open_to."""
+    from appliance.keys.certs import load_pem_certificates
+
+    anchors: list[Any] = []
+
+    def trust_anchors() -> list[Any]:
+        if not anchors and config.hsm.trust_anchors:
+            anchors.extend(load_pem_certificates(config.hsm.trust_anchors))
+        return anchors
+
+    if config.dicomweb.open_to:
+        log.warning("dicomweb.open_to lets these addresses read patient data without a token",
+                    extra={"open_to": ",".join(config.dicomweb.open_to)})
+    return Guard(
+        sessions=SessionStore(store.db_lazy),
+        published=PublishedKos(store.db_lazy) if config.roles.source else None,
+        anchors=trust_anchors,
+        whitelist=(whitelist.current if whitelist is not None else lambda: None),
+        tokens=(psc.checker if psc is not None else lambda: None),
+        audience=config.psc.audience or config.psc.client_id,
+        open_to=config.dicomweb.open_to,
+        max_per_peer=config.dicomweb.max_concurrent_per_peer,
+        request_timeout=config.dicomweb.request_timeout)
 
 
 def _tls_gateway(config: Config, keys: Any) -> Any:

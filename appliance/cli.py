@@ -89,9 +89,11 @@ def parser() -> argparse.ArgumentParser:
     _add_config_arg(tok)
     tok.set_defaults(func=cmd_admin_token)
 
+    from appliance.audit.cli import register as register_audit
     from appliance.keys.cli import register as register_hsm
 
     register_hsm(sub)
+    register_audit(sub)
 
     gen = sub.add_parser("generate", help="write a synthetic study (tests, benchmarks, demo)")
     gen.add_argument("--kind", choices=["CT", "MR"], default="CT")

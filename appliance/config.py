@@ -146,10 +146,10 @@ class HttpConfig:
     # Added keys: the server certificate; its key is a token key (hsm) named by label.
     cert_file: Path | None = None
     server_key_label: str = "server"
-    # Limits of the HTTP side (the TLS gateway applies the same to HTTPS).
+    # Limits of the HTTP side (the TLS gateway applies them to HTTPS too). aiohttp arms the
+    # keep-alive timer when a connection opens, so it also bounds the wait for a complete
+    # request head (slow or silent clients are cut after it).
     keepalive_timeout: float = field(default=15.0, metadata=_check(_positive))
-    header_timeout: float = field(default=10.0, metadata=_check(_positive))
-    body_timeout: float = field(default=60.0, metadata=_check(_positive))
     max_body_bytes: int = field(default=64 * 1024**2, metadata=_check(_positive))
 
 

@@ -40,13 +40,15 @@ def serve(data_dir: str) -> None:
     from appliance import config
     from appliance.dicomweb import AccessLogger, make_app
     from appliance.store import Store
+    from appliance.trust.guard import Guard
 
     store = Store(config.parse(config.example(data_dir)))
     store.open()
 
     async def main() -> None:
         root = web.Application()
-        root.add_subapp("/dicom-web", make_app(store))
+        # The benchmark client is a site tool on loopback (dicomweb.open_to).
+        root.add_subapp("/dicom-web", make_app(store, guard=Guard(open_to=["127.0.0.1"])))
         runner = web.AppRunner(root, access_log=None, access_log_class=AccessLogger)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -94,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         sim.add_patient(f"{patient.ins}^^^&{patient.ins_oid}&ISO^NH")
 
         step("starting the source DRIMbox (drimbox run)")
+        # The demo's own QIDO-RS read below is a site tool on loopback (dicomweb.open_to).
         box = source_box_config(work / "box", pki, sim, pacs,
-                                public_url="http://127.0.0.1:{http}").start()
+                                public_url="http://127.0.0.1:{http}",
+                                extra='\n[dicomweb]\nopen_to = ["127.0.0.1"]\n').start()
         base = f"http://127.0.0.1:{box.http}"
         token = (box.data_dir / "admin-token").read_text().strip()
 

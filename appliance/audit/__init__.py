@@ -17,20 +17,28 @@ Two ways to write:
 from __future__ import annotations
 
 import asyncio
+import csv
+import datetime as dt
 import logging
+import sqlite3
 import time
 from dataclasses import astuple, dataclass
-from typing import Callable
+from typing import IO, Callable
 
 from appliance.logs import correlation_id
 from appliance.store.db import Database
 
-__all__ = ["AuditUnavailable", "AuditWriter", "Event", "record"]
+__all__ = ["AuditUnavailable", "AuditWriter", "Event", "Who", "export_csv", "record"]
 
 log = logging.getLogger(__name__)
 
 _INSERT = ("INSERT INTO audit_events(ts, actor, action, interface, patient_id, study_uid, outcome,"
-           " detail, correlation) VALUES (?,?,?,?,?,?,?,?,?)")
+           " detail, correlation, peer_dn, structure, professional, series_uid, bytes, status,"
+           " reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+#: The columns of an export, in order (``drimbox audit export``).
+COLUMNS = ("id", "ts", "actor", "action", "interface", "outcome", "status", "reason", "peer_dn",
+           "structure", "professional", "patient_id", "study_uid", "series_uid", "bytes",
+           "detail", "correlation")
 
 
 class AuditUnavailable(RuntimeError):
@@ -45,9 +53,26 @@ class Event:
     interface: str       # dicom, http, hl7, dmp
     patient_id: str = ""
     study_uid: str = ""
-    outcome: str = "ok"
+    outcome: str = "ok"  # ok (served), refused, error
     detail: str = ""
     correlation: str = ""
+    peer_dn: str = ""        # the client certificate's subject (peer boxes)
+    structure: str = ""      # the peer's structure (whitelist domain) or the session's
+    professional: str = ""   # RPPS-based id of the professional (PSC token or session)
+    series_uid: str = ""
+    bytes: int = 0           # bytes of patient data the answer carries
+    status: int = 0          # HTTP status answered
+    reason: str = ""         # why it was refused
+
+
+@dataclass(frozen=True)
+class Who:
+    """The party behind a request, as the access guard established it."""
+
+    actor: str
+    peer_dn: str = ""
+    structure: str = ""
+    professional: str = ""
 
 
 def write_events(db: Database, events: list[Event]) -> None:
@@ -92,15 +117,20 @@ class AuditWriter:
     def healthy(self) -> bool:
         return self._failure is None and len(self._pending) < self.max_pending
 
-    def record(self, actor: str, action: str, interface: str, *, patient_id: str = "",
-               study_uid: str = "", outcome: str = "ok", detail: str = "") -> None:
+    def record(self, actor: str | Who, action: str, interface: str, *, patient_id: str = "",
+               study_uid: str = "", outcome: str = "ok", detail: str = "",
+               series_uid: str = "", bytes: int = 0, status: int = 0,
+               reason: str = "") -> None:
         """Queue one event (non-blocking; on the loop). Raises AuditUnavailable."""
         if self._failure is not None:
             raise AuditUnavailable(f"audit trail write failed: {self._failure}")
         if len(self._pending) >= self.max_pending:
             raise AuditUnavailable("audit backlog full")
-        self._pending.append(Event(time.time(), actor, action, interface, patient_id,
-                                   study_uid, outcome, detail, correlation_id.get()))
+        who = actor if isinstance(actor, Who) else Who(actor)
+        self._pending.append(Event(time.time(), who.actor, action, interface, patient_id,
+                                   study_uid, outcome, detail, correlation_id.get(),
+                                   who.peer_dn, who.structure, who.professional, series_uid,
+                                   bytes, status, reason))
         self._schedule(self.flush_interval)
 
     def _schedule(self, delay: float) -> None:
@@ -145,3 +175,28 @@ class AuditWriter:
             await self.flush()
         except AuditUnavailable:
             log.error("audit events lost at shutdown", extra={"count": len(self._pending)})
+
+
+def export_csv(conn: sqlite3.Connection, out: IO[str], since: float,
+               until: float | None = None) -> int:
+    """Write the events from ``since`` (to ``until``) as CSV with a header; returns the count.
+
+    ``conn`` may be read-only (``drimbox audit export`` opens ``state.db`` so, beside the
+    running daemon). Times are ISO 8601 UTC. Patient identifiers are written: the export is
+    for the security officer and leaves the box only by their hand.
+    """
+    w = csv.writer(out)
+    w.writerow(COLUMNS)
+    sql = f"SELECT {', '.join(COLUMNS)} FROM audit_events WHERE ts >= ?"
+    params: list[float] = [since]
+    if until is not None:
+        sql += " AND ts < ?"
+        params.append(until)
+    n = 0
+    for row in conn.execute(sql + " ORDER BY id", params):
+        values = list(row)
+        values[1] = dt.datetime.fromtimestamp(values[1], dt.UTC).isoformat(
+            timespec="milliseconds")
+        w.writerow(values)
+        n += 1
+    return n

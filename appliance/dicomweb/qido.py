@@ -379,8 +379,9 @@ class Result:
 
 
 def search(db: Database, query: Query, base: str, scope: Sequence[str] = (),
-           max_results: int = DEFAULT_MAX_RESULTS) -> Result:
-    """Run the query; ``scope`` is the path's (study[, series]) UIDs; ``base`` the public root."""
+           max_results: int = DEFAULT_MAX_RESULTS, visible: Any = None) -> Result:
+    """Run the query; ``scope`` is the path's (study[, series]) UIDs; ``base`` the public root;
+    ``visible`` (:class:`appliance.trust.published.Visible`) what the caller may see."""
     level = query.level
     key_cols = {"study": ("s.study_uid", None, None),
                 "series": ("r.study_uid", "r.series_uid", None),
@@ -403,6 +404,13 @@ def search(db: Database, query: Query, base: str, scope: Sequence[str] = (),
     for cond in query.conditions:
         where.append(cond.sql)
         params.extend(cond.params)
+    if visible is not None:
+        # One JSON array parameter per level, however many UIDs a KOS lists.
+        for uids, col in ((visible.studies, key_cols[0]), (visible.series, key_cols[1]),
+                          (visible.instances, key_cols[2])):
+            if uids is not None and col is not None:
+                where.append(f"{col} IN (SELECT value FROM json_each(?))")
+                params.append(json.dumps(sorted(uids)))
     limit = max_results if query.limit is None else min(query.limit, max_results)
     sql = (f"SELECT {', '.join(cols)} {_FROM[level]}"
            + (f" WHERE {' AND '.join(where)}" if where else "")

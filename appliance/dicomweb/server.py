@@ -4,8 +4,10 @@
 
     app.add_subapp("/dicom-web", make_app(store))
 
-Every answer that carries patient data first queues an audit event (fail closed: when the audit
-trail cannot be written, no data is served; see :class:`appliance.audit.AuditWriter`). CORS is
+Default deny: every request goes through the access guard (:mod:`appliance.trust.guard`), which
+decides on what grounds it may read and what it may see; handlers only apply what it decided.
+Every answer that carries patient data first queues an audit event naming who (fail closed: when
+the audit trail cannot be written, no data is served; see :class:`appliance.audit.AuditWriter`). CORS is
 denied unless the origin is on the allow-list given to :func:`make_app`. Answers are never
 cacheable by shared caches. Blocking work (SQLite, file opens and reads, gzip) runs in the loop's
 default executor; instance bytes go out by sendfile(2) where the transport allows it.
@@ -29,6 +31,7 @@ from aiohttp.abc import AbstractAccessLogger
 from appliance.audit import AuditUnavailable, AuditWriter
 from appliance.logs import new_correlation_id
 from appliance.store import BASE, Store, valid_uid
+from appliance.trust.guard import Guard, access_of
 
 from . import multipart, qido
 from .accept import (
@@ -104,13 +107,12 @@ class DicomWeb:
     """Request handlers bound to one store and one policy."""
 
     def __init__(self, store: Store, *, allow_origin: OriginPolicy, base_url: str | None,
-                 actor: Callable[[web.Request], str], max_results: int,
+                 max_results: int,
                  metadata_cache_bytes: int, audit: AuditWriter) -> None:
         self.store = store
         self.audit = audit
         self.allow_origin = allow_origin
         self.base_url = base_url.rstrip("/") if base_url else None
-        self.actor = actor
         self.max_results = max_results
         self.metadata_cache = _MetadataCache(metadata_cache_bytes)
 
@@ -130,11 +132,14 @@ class DicomWeb:
         return f"{request.scheme}://{host}{studies[:-len('/studies')]}"
 
     async def _audit(self, request: web.Request, action: str, *, patient_id: str = "",
-                     study_uid: str = "", detail: str = "") -> None:
+                     study_uid: str = "", series_uid: str = "", size: int = 0,
+                     detail: str = "") -> None:
         """Queue the audit event before any patient data leaves; 503 if the trail is down."""
+        access = access_of(request)
         try:
-            self.audit.record(self.actor(request), action, "http", patient_id=patient_id,
-                              study_uid=study_uid, detail=detail)
+            self.audit.record(access.who, action, "http", patient_id=patient_id,
+                              study_uid=study_uid, series_uid=series_uid, bytes=size,
+                              status=200, detail=f"{access.ground}: {detail}"[:1000])
             if self.audit.flush_interval <= 0:
                 await self.audit.flush()
         except AuditUnavailable:
@@ -169,10 +174,13 @@ class DicomWeb:
             raise _bad(str(e)) from None
         base = self.base(request)
 
+        visible = access_of(request).visible
+
         def run() -> qido.Result | None:
             if scope and not self._exists(*scope):
                 return None
-            return qido.search(self.store.db, query, base, scope, self.max_results)
+            return qido.search(self.store.db, query, base, scope, self.max_results,
+                               visible=visible)
 
         result = await self._run(run)
         if result is None:
@@ -182,6 +190,7 @@ class DicomWeb:
         for patient_id, study_uids in sorted(result.touched.items()):
             await self._audit(request, "dicomweb.search", patient_id=patient_id,
                               study_uid=next(iter(study_uids)) if len(study_uids) == 1 else "",
+                              series_uid=scope[1] if len(scope) == 2 else "",
                               detail=f"{level} level, {len(study_uids)} studies of this patient "
                                      f"among {len(result.items)} results; "
                                      f"keys: {qido.describe(query)}")
@@ -232,7 +241,8 @@ class DicomWeb:
             except NotAcceptable as e:
                 raise web.HTTPNotAcceptable(text=str(e) + "\n") from None
             await self._audit(request, "dicomweb.retrieve", patient_id=patient_id,
-                              study_uid=study, detail=f"instance {sop}")
+                              study_uid=study, series_uid=series, size=size,
+                              detail=f"instance {sop}")
             part_type = f"application/dicom; transfer-syntax={syntax}"
             resp = web.StreamResponse()
             if is_multipart:
@@ -299,9 +309,13 @@ class DicomWeb:
         if data is None:
             data = await self._run(_fill_base, stored, base)
             self.metadata_cache.put(key, data)
+        instances = access_of(request).visible.instances
+        if instances is not None:
+            # A peer sees the instances of its KOS only (the series may hold more).
+            data = await self._run(_only_instances, data, instances)
         await self._audit(request, "dicomweb.metadata",
                           patient_id=await self._run(self._patient_of, study), study_uid=study,
-                          detail=f"series {series}")
+                          series_uid=series, size=len(data), detail=f"series {series}")
         headers = {"Vary": "Accept-Encoding"}
         if accepts_gzip(request.headers.get("Accept-Encoding")):
             headers["Content-Encoding"] = "gzip"
@@ -309,6 +323,20 @@ class DicomWeb:
         else:
             body = await self._run(gzip.decompress, data)
         return web.Response(body=body, content_type=DICOM_JSON, charset="utf-8", headers=headers)
+
+
+_SOP_INSTANCE_UID = "00080018"
+
+
+def _only_instances(data_gz: bytes, instances: frozenset[str]) -> bytes:
+    """The gzipped series metadata without the instances not in ``instances``."""
+    items = json.loads(gzip.decompress(data_gz))
+    kept = [i for i in items
+            if (i.get(_SOP_INSTANCE_UID, {}).get("Value") or [""])[0] in instances]
+    if len(kept) == len(items):
+        return data_gz
+    body = json.dumps(kept, separators=(",", ":"), ensure_ascii=False).encode()
+    return gzip.compress(body, compresslevel=6, mtime=0)
 
 
 def _fill_base(stored_gz: bytes, base: str) -> bytes:
@@ -400,12 +428,8 @@ def _origin_policy(cors_origins: Collection[str] | OriginPolicy) -> OriginPolicy
     return lambda origin: origin in allowed
 
 
-def _peer(request: web.Request) -> str:
-    return f"http:{request.remote or '-'}"
-
-
-def make_app(store: Store, *, cors_origins: Collection[str] | OriginPolicy = (),
-             base_url: str | None = None, actor: Callable[[web.Request], str] = _peer,
+def make_app(store: Store, *, guard: Guard, cors_origins: Collection[str] | OriginPolicy = (),
+             base_url: str | None = None,
              max_results: int = qido.DEFAULT_MAX_RESULTS,
              metadata_cache_bytes: int = 64 * 1024 * 1024,
              audit_flush_interval: float = 0.1) -> web.Application:
@@ -414,18 +438,20 @@ def make_app(store: Store, *, cors_origins: Collection[str] | OriginPolicy = (),
     ``cors_origins``: exact origins (``https://viewer.example.org``) or a predicate; default
     none (browsers on other origins are refused). ``base_url``: public root used in
     RetrieveURL and BulkDataURI (default: from the request's scheme, Host and mount point).
-    ``actor``: who the audit trail names for a request (default: the peer address; the
-    authentication layer will pass the authenticated professional).
+    ``guard``: the access guard (:class:`appliance.trust.guard.Guard`); nothing is served
+    without it. The audit trail names who it established.
     ``audit_flush_interval``: audit events are committed in batches at this interval (seconds);
     0 commits each before its data is served (one fsync per request).
     """
     allow = _origin_policy(cors_origins)
     writer = AuditWriter(lambda: store.db, flush_interval=audit_flush_interval)
-    dw = DicomWeb(store, allow_origin=allow, base_url=base_url, actor=actor,
+    dw = DicomWeb(store, allow_origin=allow, base_url=base_url,
                   max_results=max_results, metadata_cache_bytes=metadata_cache_bytes,
                   audit=writer)
+    guard.audit = writer          # refusals go to the same trail as what is served
+    guard.patient_of = dw._patient_of
     preflight, response_headers = _cors(allow)
-    app = web.Application(middlewares=[_context, preflight])
+    app = web.Application(middlewares=[_context, preflight, guard.middleware])
     app.on_response_prepare.append(response_headers)
     app[STORE_KEY] = store
     app[AUDIT_KEY] = writer

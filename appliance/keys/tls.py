@@ -121,5 +121,14 @@ def box_server_context(config: Any, runtime_dir: Path | None = None) -> ssl.SSLC
         raise KeysError("http.tls = true needs http.cert_file (the server certificate of the "
                         "token key http.server_key_label)")
     provider.set_runtime_dir(runtime_dir or config.runtime_dir / "keys")
-    return server_context(config.hsm, config.http.server_key_label, config.http.cert_file,
-                          client_ca=config.hsm.trust_anchors or None, client_cert="optional")
+    ctx = server_context(config.hsm, config.http.server_key_label, config.http.cert_file,
+                         client_ca=config.hsm.trust_anchors or None, client_cert="optional")
+    # The handshake checks a client certificate's chain and signatures, not its dates: the
+    # DICOMweb guard checks those itself, so an expired peer gets a 403 with its reason and an
+    # audit row instead of an anonymous TLS alert. Nothing else reads the client certificate.
+    ctx.verify_flags |= _X509_V_FLAG_NO_CHECK_TIME
+    return ctx
+
+
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME (the ssl module has no name for it).
+_X509_V_FLAG_NO_CHECK_TIME = 0x200000

@@ -112,6 +112,16 @@ class Database:
 
 def _split_sql(script: str) -> list[str]:
     # sqlite3.executescript() commits implicitly, which would break one-transaction migrations.
-    # Our migration files hold plain DDL/DML without triggers, so splitting on ';' is exact.
+    # Statements are cut where SQLite itself says one is complete, so a trigger's BEGIN ... END
+    # body (which holds ';') stays whole.
     lines = [ln for ln in script.splitlines() if not ln.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    statements, buf = [], ""
+    for piece in "\n".join(lines).split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                statements.append(buf.strip())
+            buf = ""
+    if buf.strip(" \n;"):
+        raise SchemaError(f"incomplete SQL statement in a migration: {buf.strip()[:80]!r}")
+    return statements

@@ -104,7 +104,9 @@ async def serve(cfg: Any, plan: contract.Plan, server_ctx: ssl.SSLContext | None
                                 auto_decompress=False)  # bodies cross as they came
     try:
         if plan.ingress:
-            runner = web.AppRunner(ingress.make_app(plan.app_socket), **opts)
+            # The keep-alive timer also bounds a slow or silent client's request head.
+            runner = web.AppRunner(ingress.make_app(plan.app_socket), **opts,
+                                   keepalive_timeout=cfg.http.keepalive_timeout)
             await runner.setup()
             runners.append(runner)
             try:

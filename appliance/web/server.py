@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import logging
 import os
 import time
@@ -86,15 +87,26 @@ def client_certificate(request: web.Request) -> x509.Certificate | None:
 
 
 def make_app(health: HealthProvider, subapps: dict[str, web.Application] | None = None,
-             *, behind_gateway: bool = False) -> web.Application:
+             *, behind_gateway: bool = False, admin_token: Callable[[], str] | None = None,
+             max_body_bytes: int = 64 * 1024**2) -> web.Application:
+    """The root application. ``/healthz`` tells anyone ready or not; its detail (components,
+    versions, reasons) only to a caller with the admin bearer token ``admin_token()``."""
     app = web.Application(middlewares=[_gateway_headers(behind_gateway), _correlation],
-                          client_max_size=64 * 1024**2)
+                          client_max_size=max_body_bytes)
 
-    async def healthz(_request: web.Request) -> web.Response:
+    def is_admin(request: web.Request) -> bool:
+        if admin_token is None:
+            return False
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and bool(given) and hmac.compare_digest(
+            given.strip().encode(), admin_token().encode())
+
+    async def healthz(request: web.Request) -> web.Response:
         ok, report = health()
-        return web.json_response({"status": "ok" if ok else "unavailable",
-                                  "version": __version__, "components": report},
-                                 status=200 if ok else 503)
+        body: dict[str, Any] = {"status": "ok" if ok else "unavailable"}
+        if is_admin(request):
+            body.update(version=__version__, components=report)
+        return web.json_response(body, status=200 if ok else 503)
 
     app.router.add_get("/healthz", healthz)
     for prefix, sub in (subapps or {}).items():
@@ -121,7 +133,8 @@ class HttpServer:
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=3.0)
+                                     shutdown_timeout=3.0,
+                                     keepalive_timeout=self.config.http.keepalive_timeout)
         await self._runner.setup()
         if self.unix_path is not None:
             site: web.BaseSite = web.UnixSite(self._runner, str(self.unix_path))

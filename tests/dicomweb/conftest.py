@@ -21,9 +21,16 @@ from appliance.dicomweb import AccessLogger, make_app
 from appliance.dicomweb.server import AUDIT_KEY
 from appliance.generate import synthetic_study
 from appliance.store import Store
+from appliance.trust.guard import Guard
 from tests.peers.orthanc import Orthanc, available
 
 VIEWER_ORIGIN = "https://viewer.example.org"
+
+
+def loopback_guard() -> Guard:
+    """The guard of a box whose administrator opened DICOMweb to site tools on loopback
+    (``dicomweb.open_to``): the ground these read-side tests run on."""
+    return Guard(open_to=["127.0.0.0/8", "::1"])
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ def filled(store: Store, studies: dict[str, Study]) -> Store:
 
 async def _client(store: Store, **kwargs: object) -> TestClient:
     app = web.Application()
+    kwargs.setdefault("guard", loopback_guard())
     sub = make_app(store, **kwargs)  # type: ignore[arg-type]
     app.add_subapp("/dicom-web", sub)
     server = TestServer(app, host="127.0.0.1", port=0)

@@ -22,6 +22,8 @@ from appliance.dicomweb.accept import (
 from appliance.generate import synthetic_study
 from appliance.store import Store
 
+from .conftest import loopback_guard
+
 # Patient IDs and names chosen to trip naive wildcard translation (GLOB/LIKE metacharacters).
 PATIENTS = [("PAT-A-1001", "DUPONT^JEANNE"), ("pat[1]", "dupond^jean"), ("A*B", "ÉLODIE^ÉLO"),
             ("x?y_%", "O'NEIL^SEAN"), ("AB", "MARTIN^PAUL")]
@@ -172,7 +174,7 @@ def live_url(varied: Store) -> Iterator[str]:
 
     async def start() -> None:
         root = web.Application()
-        root.add_subapp("/dicom-web", make_app(varied))
+        root.add_subapp("/dicom-web", make_app(varied, guard=loopback_guard()))
         runner = web.AppRunner(root, access_log_class=AccessLogger)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from appliance.dicomweb import AccessLogger, make_app
 from appliance.store import BASE, Store
 
-from .conftest import Study
+from .conftest import Study, loopback_guard
 
 
 def series_url(study: Study) -> tuple[str, list[pydicom.Dataset]]:
@@ -26,6 +26,7 @@ def series_url(study: Study) -> tuple[str, list[pydicom.Dataset]]:
 async def raw_client(store: Store, **kwargs: Any) -> TestClient:
     """A client that does not decompress, to see what goes on the wire."""
     app = web.Application()
+    kwargs.setdefault("guard", loopback_guard())
     app.add_subapp("/dicom-web", make_app(store, **kwargs))
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server(access_log_class=AccessLogger)

@@ -14,7 +14,7 @@ from appliance.store import Store
 
 from appliance.audit import AuditUnavailable
 
-from .conftest import VIEWER_ORIGIN, Study, flush_audit
+from .conftest import VIEWER_ORIGIN, Study, flush_audit, loopback_guard
 
 
 def instance_url(study: Study) -> str:
@@ -97,7 +97,8 @@ async def test_every_data_access_is_audited(client: TestClient, filled: Store,
         assert x["patient_id"] == ct.patient_id
         assert x["study_uid"] == ct.study_uid
         assert x["interface"] == "http" and x["outcome"] == "ok"
-        assert x["actor"] == "http:127.0.0.1"
+        assert x["actor"] == "site:127.0.0.1"
+        assert x["status"] == 200 and x["detail"].startswith("site: ")
         assert x["correlation"].startswith("http-")
     # The search is recorded by key names, never by the values (a patient name here).
     assert "PatientName" in rows[0]["detail"] and "DUPONT" not in rows[0]["detail"]
@@ -170,11 +171,15 @@ async def test_queued_events_reach_the_table_without_help(filled: Store, make_cl
     assert len(audit_rows(filled)) == 2
 
 
-async def test_custom_actor_is_recorded(filled: Store, make_client: Any) -> None:
-    c = await make_client(filled, actor=lambda request: "rpps:10001234567")
-    await c.get("/dicom-web/studies")
-    await flush_audit(c)
-    assert audit_rows(filled)[-1]["actor"] == "rpps:10001234567"
+async def test_served_bytes_are_recorded(client: TestClient, filled: Store,
+                                         studies: dict[str, Study]) -> None:
+    r = await client.get(instance_url(studies["ct"]))
+    body = await r.read()
+    await flush_audit(client)
+    row = audit_rows(filled)[-1]
+    assert row["action"] == "dicomweb.retrieve"
+    assert 0 < row["bytes"] <= len(body)          # the instance, without the multipart framing
+    assert row["series_uid"] == pydicom.dcmread(studies["ct"].files[0]).SeriesInstanceUID
 
 
 async def test_logs_carry_no_patient_data(client: TestClient, studies: dict[str, Study],
@@ -196,7 +201,7 @@ async def test_app_can_be_built_before_the_store_opens(tmp_path: Any, studies: d
     from appliance.dicomweb import make_app
 
     store = Store(config.parse(config.example(str(tmp_path / "late"))))
-    make_app(store)
+    make_app(store, guard=loopback_guard())
     store.open()
     try:
         for f in studies["mr"].files:

@@ -68,6 +68,8 @@ def start_box(tmp: Path, pacs_aet: str = "PACS", pacs_port: int = 4242, ae_title
                         4242: pacs_port})
             .replace('ae_title = "DRIMBOX"', f'ae_title = "{ae_title}"' + modalities)
             .replace('ae_title = "PACS"', f'ae_title = "{pacs_aet}"')) + extra
+    if "[dicomweb]" not in text:   # these tests read DICOMweb as a site tool on loopback
+        text += '\n[dicomweb]\nopen_to = ["127.0.0.1"]\n'
     cfg = tmp / "box.toml"
     cfg.write_text(text)
     log_path = tmp / "box.log"

@@ -31,9 +31,11 @@ def _write_config(tmp_path: Path) -> tuple[Path, int]:
     return f, port
 
 
-def _get(url: str) -> tuple[int, dict]:
+def _get(url: str, token: str | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token
+                                 else {})
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:
+        with urllib.request.urlopen(req, timeout=2) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
@@ -58,6 +60,10 @@ def test_run_notify_health_and_sigterm(tmp_path: Path) -> None:
                 assert proc.poll() is None, proc.stderr.read()
         assert "READY=1" in messages
         status, body = _get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200 and body == {"status": "ok"}       # no detail without the token
+        assert _get(f"http://127.0.0.1:{port}/healthz", "wrong")[1] == {"status": "ok"}
+        token = (tmp_path / "data" / "admin-token").read_text().strip()
+        status, body = _get(f"http://127.0.0.1:{port}/healthz", token)
         assert status == 200 and body["status"] == "ok"
         assert body["components"]["store"]["ready"] is True
         assert body["components"]["http"]["ready"] is True

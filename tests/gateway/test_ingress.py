@@ -189,7 +189,10 @@ async def test_openssl_s_client_as_the_peer(front, pki) -> None:
 
 def test_a_box_serving_https_through_its_gateway(tmp_path: Path, pki, dmp_simulator,
                                                  pacs) -> None:
-    box = with_tls(source_box_config(tmp_path / "box", pki, dmp_simulator, pacs), pki)
+    # The test reads DICOMweb as a site tool on loopback; the gateway passes the client's
+    # address on, and the guard sees 127.0.0.1 (peers are tested in tests/trust).
+    box = with_tls(source_box_config(tmp_path / "box", pki, dmp_simulator, pacs,
+                                     extra='\n[dicomweb]\nopen_to = ["127.0.0.1"]\n'), pki)
     box.start()
     try:
         gateway = box.gateway_pid()

@@ -135,8 +135,11 @@ class SourceBox:
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """``GET /healthz``: (HTTP status, body), 503 included."""
+        token = (self.data_dir / "admin-token").read_text().strip()
+        req = urllib.request.Request(f"{self.base}/healthz",
+                                     headers={"Authorization": f"Bearer {token}"})
         try:
-            with self._open(f"{self.base}/healthz", 10) as r:
+            with self._open(req, 10) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
