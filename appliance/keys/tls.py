@@ -73,11 +73,14 @@ def _policy(ctx: ssl.SSLContext, hsm_cfg: Any) -> None:
 
 
 def client_context(hsm_cfg: Any, key_label: str, cert_file: str | Path,
-                   cafile: str | Path | None) -> ssl.SSLContext:
+                   cafile: str | Path | None, *, check_certificate: bool = True
+                   ) -> ssl.SSLContext:
     """A TLS client context authenticating with token key ``key_label`` and ``cert_file``
-    (leaf first, then intermediates), verifying servers against ``cafile``."""
+    (leaf first, then intermediates), verifying servers against ``cafile``.
+    ``check_certificate=False`` is for test peers that present a bad certificate on purpose."""
     provider.activate(hsm_cfg.module, getattr(hsm_cfg, "rsa_pss", True))
-    _check_cert(hsm_cfg, cert_file, "tls-client")
+    if check_certificate:
+        _check_cert(hsm_cfg, cert_file, "tls-client")
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
                                      cafile=str(cafile) if cafile else None)
     _policy(ctx, hsm_cfg)
