@@ -133,6 +133,11 @@ class Psc:
         """``access_token_lifetime``, ``refresh_token_lifetime``, ``code_lifetime`` (seconds)."""
         self._req("POST", "/_test/settings", values)
 
+    def sign(self, claims: dict[str, Any], kid: str | None = None) -> str:
+        """``claims`` as a JWT signed RS256 with the simulator's key (header ``kid``: its own,
+        or ``kid``)."""
+        return self._req("POST", "/_test/sign", {"claims": claims, "kid": kid})["jwt"]
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -8,7 +8,8 @@ the specifications give. Clients find every endpoint in the discovery document.
 Test-only (they do not exist in the real service, and answer loopback callers only):
 ``/_test/clients`` (register a client), ``/_test/users``, ``/_test/tokens`` (issue an access
 token without a browser), ``/_test/revoke``, ``/_test/calls`` (the call log),
-``/_test/faults`` (503, slow answers, garbage JSON), ``/_test/settings`` (lifetimes).
+``/_test/faults`` (503, slow answers, garbage JSON), ``/_test/settings`` (lifetimes),
+``/_test/sign`` (any claims signed with the simulator's key).
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ class PscSimulator:
             web.post("/_test/faults", self._t_fault),
             web.delete("/_test/faults", self._t_clear_faults),
             web.post("/_test/settings", self._t_settings),
+            web.post("/_test/sign", self._t_sign),
         ])
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -611,6 +613,12 @@ class PscSimulator:
         self._loopback(request)
         self.faults.clear()
         return web.json_response({})
+
+    async def _t_sign(self, request: web.Request) -> web.Response:
+        """Any claims signed with the simulator's key (tests of a client's JWT checks)."""
+        self._loopback(request)
+        body = await request.json()
+        return web.json_response({"jwt": self._jwt(body["claims"], kid=body.get("kid"))})
 
     async def _t_settings(self, request: web.Request) -> web.Response:
         self._loopback(request)
