@@ -36,23 +36,18 @@ class IntrospectionCache:
             if hit[1] > now:
                 return hit[0]
             del self._entries[key]
-        pending = self._pending.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Introspection] = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
-        try:
-            result = await fetch()
-        except BaseException as e:
-            future.set_exception(e)
-            future.exception()  # read here: no "never retrieved" warning when nobody waits
-            raise
-        else:
-            future.set_result(result)
-            self._store(key, result)
-            return result
-        finally:
-            del self._pending[key]
+        task = self._pending.get(key)
+        if task is None:
+            # Its own task: a caller that gives up (cancelled) does not cancel the others' call.
+            task = asyncio.ensure_future(fetch())
+            self._pending[key] = task
+            task.add_done_callback(lambda t: self._done(key, t))
+        return await asyncio.shield(task)
+
+    def _done(self, key: bytes, task: asyncio.Future[Introspection]) -> None:
+        self._pending.pop(key, None)
+        if not task.cancelled() and task.exception() is None:
+            self._store(key, task.result())
 
     def _store(self, key: bytes, result: Introspection) -> None:
         now = self.clock()

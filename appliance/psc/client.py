@@ -121,7 +121,11 @@ class PscClient:
         """``(status, JSON body or None)``; :class:`PscUnavailable` when no answer came from
         PSC itself (network, gateway, timeout) or the body is not JSON when it should be."""
         try:
-            async with self._http().request(method, self._url_for(url), allow_redirects=False,
+            target = self._url_for(url)
+        except KeyError as e:  # TlsGateway.url: the gateway has no psc upstream
+            raise PscUnavailable(f"PSC {what}: {e}") from None
+        try:
+            async with self._http().request(method, target, allow_redirects=False,
                                             **kwargs) as r:
                 if r.headers.get(GATEWAY_ERROR_HEADER):
                     raise PscUnavailable(f"PSC {what}: gateway could not reach PSC "
