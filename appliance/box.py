@@ -47,6 +47,10 @@ def build(config: Config) -> Daemon:
     gateway = _tls_gateway(config, keys)
     if gateway is not None:
         components.append(gateway)
+    if config.psc.enabled and gateway is not None:  # psc.enabled needs hsm.enabled: a gateway
+        from appliance.psc.link import PscLink
+
+        components.append(PscLink(config, gateway))
     components += [DicomNode(config, store), pacs]
 
     outbox = None
@@ -126,14 +130,14 @@ def _guard(config: Config, store: Store, whitelist: Any, psc: Any) -> Guard:
 
 
 def _tls_gateway(config: Config, keys: Any) -> Any:
-    """The TLS gateway, when something needs TLS with a token key: HTTPS (``http.tls``) or the
-    DMP (the source role)."""
+    """The TLS gateway, when something needs TLS with a token key: HTTPS (``http.tls``), the
+    DMP (the source role) or Pro Santé Connect (``psc.enabled``)."""
     if keys is None:
         if config.http.tls:
             raise SystemExit("http.tls needs hsm.enabled: the HTTPS server key is on the "
                              "structure's token")
         return None  # (the source role refuses to run without keys, below)
-    if not (config.http.tls or config.roles.source):
+    if not (config.http.tls or config.roles.source or config.psc.enabled):
         return None
     from appliance.tlsgateway.supervisor import TlsGateway
 

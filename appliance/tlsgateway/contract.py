@@ -65,6 +65,10 @@ class Plan:
         return self.ingress or bool(self.upstreams)
 
 
+#: PSC answers small JSON documents (discovery, tokens, introspection, userinfo, JWKS).
+PSC_MAX_RESPONSE_BYTES = 1 << 20
+
+
 def origin_of(url: str) -> str:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -78,12 +82,18 @@ def plan(config: Any) -> Plan:
     """The gateway of box ``config`` (an ``appliance.config.Config``).
 
     Default deny: an upstream exists only if the configuration names it. Today that is the DMP
-    (``dmp`` -> the origin of ``dmp.url``); whitelisted peer boxes will be added here.
+    (``dmp`` -> the origin of ``dmp.url``) and Pro Santé Connect (``psc`` -> the origin of
+    ``psc.discovery_url``: its token, introspection, userinfo and JWKS endpoints must be there);
+    whitelisted peer boxes will be added here.
     """
     upstreams: dict[str, Upstream] = {}
     if config.hsm.enabled and config.dmp.enabled:
         upstreams["dmp"] = Upstream("dmp", origin_of(config.dmp.url), config.dmp.ca_file,
                                     config.dmp.max_response_bytes, config.dmp.timeout)
+    if config.hsm.enabled and config.psc.enabled:
+        upstreams["psc"] = Upstream("psc", origin_of(config.psc.discovery_url),
+                                    config.psc.ca_file, PSC_MAX_RESPONSE_BYTES,
+                                    config.psc.timeout)
     run = Path(config.runtime_dir)
     directory = run / "gateway"
     return Plan(directory=directory, egress_socket=directory / "egress.sock",
