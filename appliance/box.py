@@ -47,10 +47,12 @@ def build(config: Config) -> Daemon:
     gateway = _tls_gateway(config, keys)
     if gateway is not None:
         components.append(gateway)
+    psc = None
     if config.psc.enabled and gateway is not None:  # psc.enabled needs hsm.enabled: a gateway
         from appliance.psc.link import PscLink
 
-        components.append(PscLink(config, gateway))
+        psc = PscLink(config, gateway)
+        components.append(psc)
     components += [DicomNode(config, store), pacs]
 
     outbox = None
@@ -76,17 +78,12 @@ def build(config: Config) -> Daemon:
                          check_accession=config.source.check_accession)
         components += [dmp, outbox, IocmWatcher(store, outbox.wake), hl7]
 
-    whitelist = psc = None
+    whitelist = None
     if config.trust.whitelist_url:
         from appliance.trust.service import WhitelistService
 
         whitelist = WhitelistService(config)
         components.append(whitelist)
-    if config.psc.enabled:
-        from appliance.psc.link import PscLink
-
-        psc = PscLink(config, gateway)
-        components.append(psc)
 
     guard = _guard(config, store, whitelist, psc)
     subapps: dict[str, web.Application] = {
@@ -122,7 +119,7 @@ def _guard(config: Config, store: Store, whitelist: Any, psc: Any) -> Guard:
         published=PublishedKos(store.db_lazy) if config.roles.source else None,
         anchors=trust_anchors,
         whitelist=(whitelist.current if whitelist is not None else lambda: None),
-        tokens=(psc.checker if psc is not None else lambda: None),
+        tokens=lambda: psc,
         audience=config.psc.audience or config.psc.client_id,
         open_to=config.dicomweb.open_to,
         max_per_peer=config.dicomweb.max_concurrent_per_peer,

@@ -195,7 +195,7 @@ class Guard:
         if checker is None:
             raise Refused(403, "this box checks no Pro Santé Connect token (psc.enabled is "
                           "false): peer boxes are refused", who=who)
-        from appliance.psc.client import PscUnavailable, TokenRefused
+        from appliance.psc.errors import PscUnavailable, TokenRefused
 
         try:
             pro = await checker.check_access_token(token, self.audience)
