@@ -42,6 +42,10 @@ def build(config: Config) -> Daemon:
     if gateway is not None:
         components.append(gateway)
     components += [DicomNode(config, store), pacs]
+    if config.trust.whitelist_url:
+        from appliance.trust.service import WhitelistService
+
+        components.append(WhitelistService.from_config(config))
 
     outbox = None
     if config.roles.source:

@@ -1,4 +1,5 @@
-"""The ``drimbox`` command line: run the daemon, check configuration, token tooling, demo data."""
+"""The ``drimbox`` command line: run the daemon, check configuration, token tooling, the
+national whitelist, demo data."""
 
 from __future__ import annotations
 
@@ -92,6 +93,10 @@ def parser() -> argparse.ArgumentParser:
     from appliance.keys.cli import register as register_hsm
 
     register_hsm(sub)
+
+    from appliance.trust.cli import register as register_whitelist
+
+    register_whitelist(sub)
 
     gen = sub.add_parser("generate", help="write a synthetic study (tests, benchmarks, demo)")
     gen.add_argument("--kind", choices=["CT", "MR"], default="CT")
