@@ -99,6 +99,7 @@ class WhitelistService:
         self._fetched_at: float | None = None  # when the list in use was last fetched (or stored)
         self.last_fetch_ok: float | None = None
         self.last_error: str | None = None
+        self.stored_error: str | None = None  # why the stored list was not used at start
         self.refused = 0
         self.fetch_errors = 0
         self._task: asyncio.Task[None] | None = None
@@ -141,7 +142,7 @@ class WhitelistService:
             "source": redact(self.trust.whitelist_url) if self.trust.whitelist_url else None,
             "generated": None, "domains": 0,
             "last_fetch_ok": _iso(self.last_fetch_ok), "last_error": self.last_error,
-            "refused": self.refused, "fetch_errors": self.fetch_errors,
+            "stored_error": self.stored_error, "refused": self.refused, "fetch_errors": self.fetch_errors,
         }
         if not self.trust.whitelist_url:
             return Health(True, "not configured", details)
@@ -189,14 +190,15 @@ class WhitelistService:
         except FileNotFoundError:
             return
         except OSError as e:
-            self.last_error = f"stored list unreadable: {e}"
+            self.last_error = self.stored_error = f"stored list unreadable: {e}"
             log.warning("whitelist: %s", self.last_error)
             return
         try:
             wl = await self._verify(data, None)
         except WhitelistRefused as e:
-            self.last_error = f"stored list {self.stored} no longer verifies: {e}"
-            log.warning("whitelist: %s; not used", self.last_error)
+            self.last_error = self.stored_error = (
+                f"stored list {self.stored} no longer verifies: {e}")
+            log.warning("whitelist: %s; not used", self.stored_error)
             return
         self._current, self._fetched_at = wl, mtime
         log.info("whitelist: using the stored list generated %s (%d domains)",
