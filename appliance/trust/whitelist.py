@@ -349,7 +349,12 @@ def _key_info_certs(sig: etree._Element) -> list[x509.Certificate]:
     out = []
     for el in ki.iter(_q(DS, "X509Certificate")):
         try:
-            out.append(x509.load_der_x509_certificate(_b64(el.text, "ds:X509Certificate")))
+            c = x509.load_der_x509_certificate(_b64(el.text, "ds:X509Certificate"))
+            # cryptography parses lazily: touch what the checks read, so a damaged
+            # certificate is refused here and not half-way through the chain check.
+            _ = (c.subject.rfc4514_string(), c.issuer.rfc4514_string(), c.not_valid_after_utc,
+                 c.not_valid_before_utc, list(c.extensions), c.public_key())
+            out.append(c)
         except ValueError:
             raise WhitelistRefused("a ds:X509Certificate of KeyInfo is not a certificate") \
                 from None
@@ -532,9 +537,23 @@ def verify(data: bytes, anchors: Sequence[x509.Certificate], *,
            revocation: Revocation = "require", crls: CrlSource | None = None,
            current: Whitelist | None = None, at: dt.datetime | None = None) -> Whitelist:
     """The verified list in ``data``, or :class:`WhitelistRefused` with the reason."""
-    at = at or dt.datetime.now(dt.UTC)
     if revocation not in ("require", "best-effort", "off"):
-        raise ValueError(f"revocation {revocation!r}")
+        raise ValueError(f"revocation must be require, best-effort or off, not {revocation!r}")
+    try:
+        return _verify(data, anchors, signer_cn=signer_cn, signer_ou=signer_ou,
+                       revocation=revocation, crls=crls, current=current, at=at)
+    except WhitelistRefused:
+        raise
+    except (ValueError, TypeError, etree.LxmlError, xmlsec.Error) as e:
+        # Odd bytes that reached a library call unchecked: still a refusal, never a crash.
+        raise WhitelistRefused(f"malformed list or certificate ({type(e).__name__}: "
+                               f"{str(e)[:200]})") from None
+
+
+def _verify(data: bytes, anchors: Sequence[x509.Certificate], *, signer_cn: str,
+            signer_ou: str, revocation: Revocation, crls: CrlSource | None,
+            current: Whitelist | None, at: dt.datetime | None) -> Whitelist:
+    at = at or dt.datetime.now(dt.UTC)
     if not anchors:
         raise WhitelistRefused("no trust anchor configured for the whitelist signer")
     try:
