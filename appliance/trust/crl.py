@@ -130,8 +130,8 @@ class CrlSource:
             with opener.open(req, timeout=self.timeout) as resp:
                 length = resp.headers.get("Content-Length")
                 if length and length.isdigit() and int(length) > MAX_CRL_BYTES:
-                    raise CrlUnavailable(f"CRL {url} unreachable: {length} bytes exceeds the "
-                                         f"limit of {MAX_CRL_BYTES}")
+                    raise CrlUnavailable(f"CRL {url} unreachable: {length} bytes, larger "
+                                         f"than {MAX_CRL_BYTES} bytes")
                 data = resp.read(MAX_CRL_BYTES + 1)
         except urllib.error.HTTPError as e:
             raise CrlUnavailable(f"CRL {url} unreachable: HTTP {e.code}") from None

@@ -25,7 +25,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import xmlsec
@@ -198,14 +198,16 @@ class Whitelist:
     signer_subject: str
     sha256: str
     revocation: str = "not checked"  # what the revocation check found, for operators
+    _by_subject: dict[tuple[tuple[str, str], ...], Domain] = field(
+        init=False, repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for d in self.domains:  # first entry wins, like a scan in list order
+            self._by_subject.setdefault(d.operator_key, d)
 
     def domain_for_subject(self, name: x509.Name) -> Domain | None:
         """The domain whose operator certificate has this subject (DNs compared normalised)."""
-        key = name_key(name)
-        for d in self.domains:
-            if d.operator_key == key:
-                return d
-        return None
+        return self._by_subject.get(name_key(name))
 
     @property
     def db_hosts(self) -> frozenset[str]:

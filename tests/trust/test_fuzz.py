@@ -101,3 +101,18 @@ def test_tree_mutations_of_a_good_list(peer_anchor, good, ops):
         return
     signed = verify(good, peer_anchor, revocation="off")
     assert (wl.generated, wl.domains) == (signed.generated, signed.domains)
+
+
+@FUZZ
+@given(st.integers(0, 10**6), st.integers(1, 255))
+def test_flipped_bytes_of_the_ans_file(ans_signed, ans_root, where, mask):
+    """One byte of the official ANS file changed anywhere: refused or the very same content."""
+    data = bytearray(ans_signed)
+    data[where % len(data)] ^= mask
+    try:
+        wl = verify(bytes(data), [ans_root], revocation="off")
+    except WhitelistRefused as e:
+        assert str(e)
+        return
+    signed = verify(ans_signed, [ans_root], revocation="off")
+    assert (wl.generated, wl.domains) == (signed.generated, signed.domains)

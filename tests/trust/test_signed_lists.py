@@ -71,6 +71,16 @@ def test_crl_unreachable(ans_peer, peer_anchor):
         "not checked (revocation off)")
 
 
+@pytest.mark.parametrize("fault, reason", [
+    ("redirect-ftp", "redirect to a ftp: URL refused"),
+    ("huge", "larger than 10485760 bytes"),
+    ("garbage", "not a CRL"),
+])
+def test_crl_fetch_limits(ans_peer, peer_anchor, fault, reason):
+    ans_peer.crl_fault = fault
+    assert reason in _refused(ans_peer.signed(domains(1)), peer_anchor)
+
+
 def test_crls_are_cached_until_next_update(ans_peer, peer_anchor, tmp_path):
     data = ans_peer.signed(domains(1))
     _verify(data, peer_anchor, crls=CrlSource(tmp_path / "crl", timeout=5))

@@ -6,7 +6,7 @@ Runs in-process on its own event loop in a background thread (tests), or as
     peer = AnsPeer.start(tmp_path)
     peer.publish([domain_for_certificate(pem, "1", "db1.example")])
     peer.fault = "503"          # or "truncated", "garbage", None
-    peer.crl_fault = "503"      # the CRLs become unreachable
+    peer.crl_fault = "503"      # the CRLs become unreachable ("redirect-ftp", "huge", "garbage")
     peer.stop()
 """
 
@@ -131,6 +131,12 @@ class AnsPeer:
         self.hits["crl"] += 1
         if self.crl_fault == "503":
             return web.Response(status=503, text="service unavailable")
+        if self.crl_fault == "redirect-ftp":
+            raise web.HTTPFound("ftp://127.0.0.1/crl.crl")
+        if self.crl_fault == "huge":
+            return web.Response(body=b"\0" * (10 * 1024 * 1024 + 1))
+        if self.crl_fault == "garbage":
+            return web.Response(body=os.urandom(512))
         name = request.match_info["name"]
         if name not in ("root", "inter"):
             raise web.HTTPNotFound()
