@@ -82,7 +82,7 @@ def build(config: Config) -> Daemon:
     if config.trust.whitelist_url:
         from appliance.trust.service import WhitelistService
 
-        whitelist = WhitelistService(config)
+        whitelist = WhitelistService.from_config(config)
         components.append(whitelist)
 
     guard = _guard(config, store, whitelist, psc)

@@ -1,4 +1,5 @@
-"""The ``drimbox`` command line: run the daemon, check configuration, token tooling, demo data."""
+"""The ``drimbox`` command line: run the daemon, check configuration, token tooling, the
+national whitelist, demo data."""
 
 from __future__ import annotations
 
@@ -94,6 +95,10 @@ def parser() -> argparse.ArgumentParser:
 
     register_hsm(sub)
     register_audit(sub)
+
+    from appliance.trust.cli import register as register_whitelist
+
+    register_whitelist(sub)
 
     gen = sub.add_parser("generate", help="write a synthetic study (tests, benchmarks, demo)")
     gen.add_argument("--kind", choices=["CT", "MR"], default="CT")
