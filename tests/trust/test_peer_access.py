@@ -55,6 +55,7 @@ class PeerClient:
 
     def __init__(self, pki: Any, structure: int, cert_chain: Path, env: dict[str, str]) -> None:
         hsm = pki.hsm_config(structure)
+        self.certificate = x509.load_pem_x509_certificate(cert_chain.read_bytes())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.peers.peerbox", "--module", str(hsm.module),
              "--token-label", hsm.token_label, "--pin-file", str(hsm.pin_file),
@@ -155,8 +156,7 @@ def net(pki: Any, dmp_simulator: Any, pacs: Any,
 
     patient = Patient(nir13="2850575123456", ipp="IPP-TRUST-1", family="TRUST", given="LEA")
     author = Professional(org_id=source.structure_id)
-    exam = Exam(synthetic_study("CT", 1, out_dir=tmp / "uid")[0].stem and
-                pydicom.uid.generate_uid(), "ACC-TRUST-1")
+    exam = Exam(pydicom.uid.generate_uid(), "ACC-TRUST-1")
     files = synthetic_study("CT", 3, series=2, out_dir=tmp / "study", study_uid=exam.study_uid,
                             accession=exam.accession, patient_id=patient.ipp,
                             patient_name=f"{patient.family}^{patient.given}")
@@ -262,8 +262,7 @@ def test_the_peer_reads_the_series_of_its_kos(net: Network) -> None:
     rows = wait_audit(net, lambda rs: any(x["action"] == "dicomweb.retrieve" for x in rs))
     served = [x for x in rows if x["action"] == "dicomweb.retrieve"]
     assert served and all(x["outcome"] == "ok" and x["status"] == "200" for x in served)
-    pdn = x509.load_pem_x509_certificate(net.box.tls_context and
-                                         Path(net.peer.proc.args[10]).read_bytes()).subject
+    pdn = net.peer.certificate.subject
     for x in served:
         assert x["professional"] == USER_RPPS
         assert x["structure"] == PEER_DOMAIN
