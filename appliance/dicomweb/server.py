@@ -186,7 +186,13 @@ class DicomWeb:
         if result is None:
             raise web.HTTPNotFound(text=("series" if len(scope) == 2 else "study")
                                    + " not found\n")
-        # One audit event per patient whose data the answer shows (the study when only one).
+        # One audit event per patient whose data the answer shows (the study when only one);
+        # a search that shows nobody is recorded too (who searched, with which keys).
+        if not result.touched:
+            await self._audit(request, "dicomweb.search",
+                              study_uid=scope[0] if scope else "",
+                              series_uid=scope[1] if len(scope) == 2 else "",
+                              detail=f"{level} level, no result; keys: {qido.describe(query)}")
         for patient_id, study_uids in sorted(result.touched.items()):
             await self._audit(request, "dicomweb.search", patient_id=patient_id,
                               study_uid=next(iter(study_uids)) if len(study_uids) == 1 else "",

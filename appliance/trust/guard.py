@@ -135,6 +135,13 @@ class Guard:
         try:
             async with asyncio.timeout(self.request_timeout):
                 return await handler(request)
+        except web.HTTPException as e:
+            # The handler's own no (unknown instance, bad query, not acceptable): audited
+            # like the guard's, so every decision leaves a row.
+            if e.status >= 400:
+                await self._refusal(request, Refused(e.status, (e.text or e.reason).strip(),
+                                                     who=access.who))
+            raise
         except TimeoutError:
             log.warning("dicomweb request timed out", extra={"ground": access.ground})
             return web.json_response({"status": 503, "reason": "request timed out"}, status=503)

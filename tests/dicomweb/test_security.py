@@ -115,13 +115,18 @@ async def test_a_search_records_each_patient_it_shows(client: TestClient, filled
     assert all(x["action"] == "dicomweb.search" for x in rows)
 
 
-async def test_refused_or_empty_requests_touch_no_data_and_write_nothing(
+async def test_refused_or_empty_requests_are_audited_without_patient_data(
         client: TestClient, filled: Store) -> None:
     assert (await client.get("/dicom-web/studies?limit=x")).status == 400
     assert (await client.get("/dicom-web/studies?PatientID=NOBODY")).status == 200
     assert (await client.get("/dicom-web/studies/1.2.3/series/4.5/instances/6.7")).status == 404
     await flush_audit(client)
-    assert audit_rows(filled) == []
+    rows = audit_rows(filled)
+    assert [(r["outcome"], r["status"]) for r in rows] == [("refused", 400), ("ok", 200),
+                                                           ("refused", 404)]
+    assert all(r["patient_id"] == "" for r in rows)
+    assert "limit" in rows[0]["reason"] and "no result" in rows[1]["detail"]
+    assert "NOBODY" not in str(rows)                  # query values never reach the trail
 
 
 def urls(studies: dict[str, Study]) -> list[str]:

@@ -160,3 +160,28 @@ def test_correlation_id_is_echoed_or_replaced(running_box) -> None:
         assert re.fullmatch(r"h[0-9a-f]{16}", headers["X-Correlation-ID"]), hostile
     status, headers, _ = running_box.get("/no/such/path")
     assert status == 404 and re.fullmatch(r"h[0-9a-f]{16}", headers["X-Correlation-ID"])
+
+
+def test_a_box_serves_no_patient_data_to_an_address_it_was_not_opened_to(
+        tmp_path: Path) -> None:
+    """Default deny on a running box: plain HTTP from an address outside ``dicomweb.open_to``
+    gets 401 and no data, the refusal is in the audit trail, and every start warns while
+    open_to is not empty."""
+    import csv
+
+    box = start_box(tmp_path, extra='\n[dicomweb]\nopen_to = ["192.0.2.0/24"]\n')
+    try:
+        for path in ("/dicom-web/studies", "/dicom-web/studies/1.2.3/series/4.5/instances/6"):
+            status, headers, body = box.get(path)
+            assert status == 401 and headers["Content-Type"].startswith("application/json")
+            assert "authentication required" in json.loads(body)["reason"]
+        assert any("dicomweb.open_to lets these addresses read" in line
+                   for line in box.logs().splitlines())
+    finally:
+        assert stop_box(box) == 0
+    r = subprocess.run([sys.executable, "-m", "appliance.cli", "audit", "export", "-c",
+                        str(box.config_path), "--since", "2000-01-01"],
+                       capture_output=True, text=True, timeout=60)
+    rows = list(csv.DictReader(r.stdout.splitlines()))
+    assert [(x["outcome"], x["status"], x["actor"]) for x in rows] == \
+        [("refused", "401", "http:127.0.0.1")] * 2
