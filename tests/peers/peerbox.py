@@ -17,10 +17,13 @@ import asyncio
 import base64
 import json
 import ssl
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+from cryptography import x509
 
 from appliance.config import HsmConfig
 from appliance.keys import tls
@@ -60,6 +63,54 @@ def main() -> None:
     ctx = tls.client_context(hsm, a.key_label, a.cert, a.ca, check_certificate=False)
     print(json.dumps({"ready": True}), flush=True)
     asyncio.run(serve(ctx))
+
+
+class PeerClient:
+    """Drives one peer process from a test or the demo: ``get(url, headers)`` -> answer dict
+    (``status``, ``headers``, ``body`` bytes; ``status`` 0 and ``error`` when TLS failed)."""
+
+    def __init__(self, pki: Any, structure: int, cert_chain: Path, env: dict[str, str]) -> None:
+        hsm = pki.hsm_config(structure)
+        self.certificate = x509.load_pem_x509_certificate(Path(cert_chain).read_bytes())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.peers.peerbox", "--module", str(hsm.module),
+             "--token-label", hsm.token_label, "--pin-file", str(hsm.pin_file),
+             "--cert", str(cert_chain), "--ca", str(pki.bundle)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            cwd=Path(__file__).resolve().parents[2])
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if not line or json.loads(line) != {"ready": True}:
+            self.proc.kill()
+            raise RuntimeError("the peer client did not start")
+
+    def get(self, url: str, headers: dict[str, str]) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"url": url, "headers": headers}) + "\n")
+        self.proc.stdin.flush()
+        answer: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        if "body" in answer:
+            answer["body"] = base64.b64decode(answer["body"])
+        return answer
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def dicom_parts(answer: dict[str, Any]) -> list[bytes]:
+    """The part bodies of a multipart/related answer."""
+    ctype = answer["headers"]["Content-Type"]
+    boundary = ctype.split("boundary=")[1].split(";")[0].strip('"')
+    out = []
+    for chunk in answer["body"].split(f"--{boundary}".encode())[1:]:
+        if chunk.startswith(b"--"):
+            break
+        out.append(chunk.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0])
+    return out
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ structure 1 is the source box, structure 2 the peer.
 from __future__ import annotations
 
 import asyncio
-import base64
 import csv
 import datetime as dt
 import json
@@ -36,6 +35,7 @@ from tests.gateway.test_ingress import with_tls
 from tests.peers.ans.server import AnsPeer
 from tests.peers.ans.signer import domain_for_certificate
 from tests.peers.network import REPO, SourceBox, source_box_config
+from tests.peers.peerbox import PeerClient, dicom_parts
 from tests.peers.psc.launcher import start_psc
 from tests.peers.ris import Exam, Patient, Professional, oru
 
@@ -48,32 +48,6 @@ PEER_DOMAIN = "902"             # the peer's Identifiant in the whitelist
 ACCEPT = ('multipart/related; type="application/dicom";transfer-syntax=1.2.840.10008.1.2.4.70;'
           'q=0.9,multipart/related; type="application/dicom";'
           'transfer-syntax=1.2.840.10008.1.2.1;q=0.4')
-
-
-class PeerClient:
-    """One peer process: mutual TLS with a token key and a certificate chain."""
-
-    def __init__(self, pki: Any, structure: int, cert_chain: Path, env: dict[str, str]) -> None:
-        hsm = pki.hsm_config(structure)
-        self.certificate = x509.load_pem_x509_certificate(cert_chain.read_bytes())
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.peers.peerbox", "--module", str(hsm.module),
-             "--token-label", hsm.token_label, "--pin-file", str(hsm.pin_file),
-             "--cert", str(cert_chain), "--ca", str(pki.bundle)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
-        assert json.loads(self.proc.stdout.readline()) == {"ready": True}  # type: ignore[union-attr]
-
-    def get(self, url: str, headers: dict[str, str]) -> dict[str, Any]:
-        self.proc.stdin.write(json.dumps({"url": url, "headers": headers}) + "\n")  # type: ignore
-        self.proc.stdin.flush()  # type: ignore[union-attr]
-        answer = json.loads(self.proc.stdout.readline())  # type: ignore[union-attr]
-        if "body" in answer:
-            answer["body"] = base64.b64decode(answer["body"])
-        return answer
-
-    def close(self) -> None:
-        self.proc.stdin.close()  # type: ignore[union-attr]
-        self.proc.wait(10)
 
 
 @dataclass
@@ -210,18 +184,9 @@ ca_file = "{pki.bundle}"
 
 
 def parts(answer: dict[str, Any]) -> list[pydicom.Dataset]:
-    """The DICOM parts of a multipart/related answer."""
     import io
 
-    ctype = answer["headers"]["Content-Type"]
-    boundary = ctype.split("boundary=")[1].split(";")[0].strip('"')
-    out = []
-    for chunk in answer["body"].split(f"--{boundary}".encode())[1:]:
-        if chunk.startswith(b"--"):
-            break
-        body = chunk.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
-        out.append(pydicom.dcmread(io.BytesIO(body)))
-    return out
+    return [pydicom.dcmread(io.BytesIO(b)) for b in dicom_parts(answer)]
 
 
 def audit(net: Network) -> list[dict[str, str]]:
