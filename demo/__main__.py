@@ -1,9 +1,13 @@
-"""Demo network on loopback: a PACS with a study, a source DRIMbox, the simulated DMP, a RIS.
+"""Demo network on loopback: a PACS with a study, a source DRIMbox, the simulated national
+services (DMP, ANS whitelist, Pro Santé Connect), a RIS and a peer DRIMbox's client.
 
 What it shows: the RIS sends the validated report (HL7 ORU^R01 + CDA over MLLP); the box finds the
 study in the PACS, builds the KOS and publishes it, signed with keys that never leave a SoftHSM
-token, to the strict DMP simulator over mutual TLS; the box also fetches the study into its own
-store and serves it over DICOMweb. Grows with each capability toward the consumer box and viewer.
+token, to the strict DMP simulator over mutual TLS; the box fetches the study into its own store.
+A peer box of another structure (its own token key, on the signed national whitelist) then reads
+the KOS's series over mutual TLS with a professional's PSC token and the KOS UID; a caller without
+a token and a structure not on the whitelist are refused, and the audit trail has all three.
+Grows with each capability toward the consumer box and viewer.
 ``--check`` runs every step, verifies it and exits (a test runs it that way).
 """
 
@@ -30,7 +34,11 @@ from appliance.generate import synthetic_study  # noqa: E402
 from appliance.hl7.ack import parse_ack  # noqa: E402
 from appliance.hl7.mllp import MllpClient  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
-from tests.peers.network import source_box_config, start_simulator  # noqa: E402
+from tests.peers.ans.server import AnsPeer  # noqa: E402  (the simulated ANS whitelist)
+from tests.peers.ans.signer import domain_for_certificate  # noqa: E402
+from tests.peers.network import source_box_config, start_simulator, with_tls  # noqa: E402
+from tests.peers.peerbox import PeerClient, dicom_parts  # noqa: E402
+from tests.peers.psc.launcher import start_psc  # noqa: E402
 from tests.peers.orthanc import Orthanc, available  # noqa: E402  (the real PACS peer)
 from tests.peers.ris import Exam, Patient, Professional, oru  # noqa: E402
 
@@ -48,12 +56,12 @@ async def send_report(port: int, message: str) -> str:
 
 
 def get_json(url: str, token: str | None = None, method: str = "GET",
-             body: dict | None = None) -> object:
+             body: dict | None = None, context: object = None) -> object:
     req = urllib.request.Request(url, method=method,
                                  data=json.dumps(body).encode() if body is not None else None,
                                  headers={"Content-Type": "application/json",
                                           **({"Authorization": f"Bearer {token}"} if token else {})})
-    with urllib.request.urlopen(req, timeout=600) as r:
+    with urllib.request.urlopen(req, timeout=600, context=context) as r:  # type: ignore[arg-type]
         return json.loads(r.read())
 
 
@@ -72,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="drimbox-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    sim = pacs = box = None
+    sim = pacs = box = ans = psc = None
+    peers: list[PeerClient] = []
     try:
         step("creating the structure's keys on a SoftHSM token (test IGC-Santé PKI)")
         pki = make_test_pki(work / "pki")
@@ -93,12 +102,32 @@ def main(argv: list[str] | None = None) -> int:
         study_uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
         sim.add_patient(f"{patient.ins}^^^&{patient.ins_oid}&ISO^NH")
 
-        step("starting the source DRIMbox (drimbox run)")
-        # The demo's own QIDO-RS read below is a site tool on loopback (dicomweb.open_to).
-        box = source_box_config(work / "box", pki, sim, pacs,
-                                public_url="http://127.0.0.1:{http}",
-                                extra='\n[dicomweb]\nopen_to = ["127.0.0.1"]\n').start()
-        base = f"http://127.0.0.1:{box.http}"
+        step("starting the simulated ANS (signed whitelist: the peer structure is on it) and "
+             "Pro Santé Connect")
+        ans = AnsPeer.start(work / "ans")
+        ans.publish([domain_for_certificate(pki.structures[1].auth_cert, "902", "db2.test")])
+        psc = start_psc(pki, work / "psc")
+        dn = [_subject(s.auth_cert) for s in pki.structures]
+        psc.register_client("drimbox-source", ["https://localhost/cb"], dn[0])
+        psc.register_client("drimbox-peer", ["https://db2.test/cb"], dn[1],
+                            audiences=["drimbox-source"])
+
+        step("starting the source DRIMbox (drimbox run; HTTPS through its TLS gateway)")
+        extra = f"""
+[trust]
+whitelist_url = "{ans.url}"
+whitelist_anchors = ["{ans.anchor}"]
+
+[psc]
+enabled = true
+discovery_url = "{psc.discovery_url}"
+client_id = "drimbox-source"
+ca_file = "{pki.bundle}"
+"""
+        box = with_tls(source_box_config(work / "box", pki, sim, pacs, extra=extra,
+                                         public_url="https://localhost:{http}"), pki).start()
+        base = f"https://localhost:{box.http}"
+        tls = box.tls_context
         token = (box.data_dir / "admin-token").read_text().strip()
 
         step("the RIS sends the validated report (ORU^R01 + CDA over MLLP)")
@@ -120,21 +149,46 @@ def main(argv: list[str] | None = None) -> int:
 
         step("the box fetches the study from the PACS into its store (C-MOVE)")
         result = get_json(f"{base}/api/admin/pacs/retrieve", token, "POST",
-                          {"study_uid": study_uid})
+                          {"study_uid": study_uid}, context=tls)
         received = result["received"]  # type: ignore[index]
-        studies = get_json(f"{base}/dicom-web/studies?StudyInstanceUID={study_uid}")
-        ok = (received == len(files) and isinstance(studies, list) and len(studies) == 1
-              and len(manifest.sop_instance_uids) == len(files))
+
+        step("a peer DRIMbox (structure 2, its token key) reads each series of the KOS: mTLS "
+             "+ PSC token + KOS-SOPInstanceUID")
+        env = box.env
+        peer = PeerClient(pki, 1, pki.structures[1].auth_cert, env)
+        stranger = PeerClient(pki, 0, pki.structures[0].auth_cert, env)
+        peers += [peer, stranger]
+        pro = psc.issue_token("radiologue", "drimbox-peer")["access_token"]
+        wanted = {"KOS-SOPInstanceUID": manifest.sop_instance_uid,
+                  "Accept": 'multipart/related; type="application/dicom"'}
+        read = 0
+        for s in manifest.series:
+            r = peer.get(str(s.retrieve_url), {**wanted, "Authorization": f"Bearer {pro}"})
+            n = len(dicom_parts(r)) if r["status"] == 200 else 0
+            print(f"    {s.retrieve_url.rsplit('/', 1)[1][:24]}...: HTTP {r['status']}, "
+                  f"{n} instances, {len(r.get('body', b''))} bytes")
+            read += n
+        first = str(manifest.series[0].retrieve_url)
+        no_token = peer.get(first, wanted)
+        not_listed = stranger.get(first, {**wanted, "Authorization": f"Bearer {pro}"})
+        print(f"    without a PSC token: HTTP {no_token['status']}; the source's own structure "
+              f"(not on the whitelist): HTTP {not_listed['status']}")
+        ok = (received == len(files) and read == len(files)
+              and len(manifest.sop_instance_uids) == len(files)
+              and no_token["status"] == 401 and not_listed["status"] == 403)
 
         print()
         print("Demo network (all on 127.0.0.1):")
         print(f"  PACS (Orthanc)     DICOM {pacs.dicom_port}   web {pacs.url}")
-        print(f"  DRIMbox (source)   DICOM {box_dicom}   HL7/MLLP {box.hl7}   HTTP {base}")
+        print(f"  DRIMbox (source)   DICOM {box_dicom}   HL7/MLLP {box.hl7}   HTTPS {base}")
         print(f"  DMP simulator      {sim.url}  (mTLS; inspect: /_inspect/entries)")
-        print(f"  health             {base}/healthz")
-        print(f"  QIDO-RS            {base}/dicom-web/studies?StudyInstanceUID={study_uid}")
+        print(f"  ANS whitelist      {ans.url}  (signed XAdES; CRLs at {ans.base}/crl/)")
+        print(f"  Pro Santé Connect  {psc.discovery_url}")
+        print(f"  health             {base}/healthz  (detail with the admin token)")
         for s in manifest.series:
-            print(f"  KOS RetrieveURL    {s.retrieve_url}")
+            print(f"  KOS RetrieveURL    {s.retrieve_url}  (peers only: mTLS + token + KOS)")
+        print(f"  audit trail        .venv/bin/drimbox audit export -c {box.config_path} "
+              "--since 2000-01-01")
         print(f"  admin API          {base}/api/admin/reports  (Bearer token in "
               f"{box.data_dir / 'admin-token'})")
         print(f"  box logs           {box.log_path}")
@@ -151,14 +205,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        for p in peers:
+            p.close()
         if box is not None:
             box.stop()
+        if psc is not None:
+            psc.stop()
+        if ans is not None:
+            ans.stop()
         if pacs is not None:
             pacs.stop()
         if sim is not None:
             sim.stop()
         if args.workdir is None and args.check:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _subject(cert_pem: Path) -> str:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(cert_pem.read_bytes()).subject.rfc4514_string()
 
 
 if __name__ == "__main__":

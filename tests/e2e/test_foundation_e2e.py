@@ -147,7 +147,9 @@ def test_demo_check_runs_the_readme_main_job() -> None:
                        cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "demo check: every step worked" in r.stdout
-    assert "/dicom-web/studies?StudyInstanceUID=" in r.stdout
+    # The peer box read the KOS's series; no token and an unlisted structure were refused.
+    assert r.stdout.count(": HTTP 200, 10 instances") == 2
+    assert "without a PSC token: HTTP 401" in r.stdout and "whitelist): HTTP 403" in r.stdout
 
 
 def test_correlation_id_is_echoed_or_replaced(running_box) -> None:

@@ -32,17 +32,9 @@ from cryptography.hazmat.primitives import serialization
 from appliance.tlsgateway import contract
 from appliance.web.server import client_certificate
 from tests.gateway.conftest import Gateway, box_plan, maps_provider, start_gateway
-from tests.peers.network import SourceBox, source_box_config
+from tests.peers.network import SourceBox, source_box_config, with_tls
 
 pytestmark = pytest.mark.integration
-
-
-def with_tls(box: SourceBox, pki: Any) -> SourceBox:
-    box.config_path.write_text(box.config_path.read_text().replace("tls = false", "tls = true"))
-    ctx = ssl.create_default_context(cafile=str(pki.bundle))
-    ctx.check_hostname = False  # the test certificate names "localhost"; we dial 127.0.0.1
-    box.tls_context = ctx
-    return box
 
 
 class Backend:

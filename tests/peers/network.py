@@ -207,6 +207,15 @@ def source_box_config(tmp: Path, pki: Any, sim: Simulator, pacs: Orthanc, extra:
     return SourceBox(None, cfg, tmp / "data", http, hl7, tmp / "box.log", env)
 
 
+def with_tls(box: SourceBox, pki: Any) -> SourceBox:
+    """The box serving HTTPS through its TLS gateway (server key on its token)."""
+    box.config_path.write_text(box.config_path.read_text().replace("tls = false", "tls = true"))
+    ctx = ssl.create_default_context(cafile=str(pki.bundle))
+    ctx.check_hostname = False  # the test certificate names "localhost"; we dial 127.0.0.1
+    box.tls_context = ctx
+    return box
+
+
 def study_for(report: Any, out: Path, slices: int = 3, series: int = 1) -> list[Path]:
     """A study in the PACS that matches a report: its study UID, accession and IPP."""
     cda = report.cda_report

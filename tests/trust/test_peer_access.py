@@ -31,10 +31,9 @@ from appliance.dicom.kos import parse_kos
 from appliance.generate import synthetic_study
 from appliance.hl7.ack import parse_ack
 from appliance.hl7.mllp import MllpClient
-from tests.gateway.test_ingress import with_tls
 from tests.peers.ans.server import AnsPeer
 from tests.peers.ans.signer import domain_for_certificate
-from tests.peers.network import REPO, SourceBox, source_box_config
+from tests.peers.network import REPO, SourceBox, source_box_config, with_tls
 from tests.peers.peerbox import PeerClient, dicom_parts
 from tests.peers.psc.launcher import start_psc
 from tests.peers.ris import Exam, Patient, Professional, oru
