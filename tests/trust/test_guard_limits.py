@@ -10,9 +10,7 @@ reaches the guard as the TLS gateway passes it (the header the gateway owns).
 from __future__ import annotations
 
 import asyncio
-import base64
 import socket
-import ssl
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -21,71 +19,37 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from appliance import config
 from appliance.audit import AuditWriter
 from appliance.keys.certs import load_pem_certificates
-from appliance.psc.client import PscClient
 from appliance.store import Store
-from appliance.trust import verify
 from appliance.trust.guard import Guard
 from appliance.trust.published import PublishedKos
 from appliance.web.server import HttpServer, make_app
 from tests.consumer.conftest import build_manifest
-from tests.dmp.pki import name, pem, write_key
-from tests.peers.ans.server import AnsPeer
-from tests.peers.ans.signer import domain_for_certificate
-from tests.peers.psc.launcher import start_psc
+from tests.peers import trustkit
 
 pytestmark = pytest.mark.integration
 
-CLIENT = "limits-box"
-
-
 @pytest.fixture(scope="module")
-def peers(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    tmp = tmp_path_factory.mktemp("limits")
-    with AnsPeer.start(tmp / "ans") as ans:
-        data = ans.signed([domain_for_certificate(pki.structures[1].auth_cert, "77", "db2.test")])
-        whitelist = verify(data, load_pem_certificates([ans.anchor]), revocation="off")
-    psc = start_psc(pki, tmp / "psc")
-    # This box's own PSC client certificate (a software key for this in-process test).
-    key = rsa.generate_private_key(65537, 2048)
-    cert = pki.issue(key.public_key(), name("limits-box", "499700367909006"), "tls-client")
-    (tmp / "client.pem").write_bytes(pem(cert, x509.load_pem_x509_certificate(
-        pki.org_ca.read_bytes())))
-    write_key(tmp / "client.key", key)
-    psc.register_client(CLIENT, ["https://db1.test/cb"], cert.subject.rfc4514_string())
-    psc.register_client("peer-box", ["https://db2.test/cb"], "CN=peer", audiences=[CLIENT])
-    ctx = ssl.create_default_context(cafile=str(pki.bundle))
-    ctx.load_cert_chain(tmp / "client.pem", tmp / "client.key")
-    yield whitelist, psc, ctx
-    psc.stop()
+def parts(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    p = trustkit.start(pki, tmp_path_factory.mktemp("limits"))
+    yield p
+    p.psc.stop()
 
 
 @pytest.fixture
-async def box(peers: Any, pki: Any, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    whitelist, psc, ctx = peers
+async def box(parts: trustkit.Parts, pki: Any, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     store = Store(config.parse(config.example(str(tmp_path / "data"))), synchronous="NORMAL")
     store.open()
     built, study, _ = build_manifest("CT", "ACC-LIM")
-    with store.db.transaction() as c:
-        job = c.execute("INSERT INTO jobs(kind, study_uid, state, payload, next_at, created_at,"
-                        " updated_at) VALUES ('report', ?, 'done', '{}', 0, 0, 0)",
-                        (study,)).lastrowid
-        c.execute("INSERT INTO publications(kos_sop_uid, study_uid, job_id, version, kos,"
-                  " entry_uuid, state, created_at) VALUES (?,?,?,1,?,'urn:uuid:x','published',0)",
-                  (built.sop_instance_uid, study, job, built.data))
-    psc_cfg = config.PscConfig(enabled=True, discovery_url=psc.discovery_url, client_id=CLIENT,
-                               ca_file=pki.bundle)
-    checker = PscClient(psc_cfg, aiohttp.TCPConnector(ssl=ctx), lambda url: url)
+    trustkit.store_publication(store.db, study, built.data, built.sop_instance_uid)
+    checker = parts.checker()
     release = asyncio.Event()
     guard = Guard(published=PublishedKos(store.db), anchors=lambda: load_pem_certificates(
-        [pki.bundle]), whitelist=lambda: whitelist, tokens=lambda: checker, audience=CLIENT,
-        max_per_peer=1, request_timeout=1.0)
+        [pki.bundle]), whitelist=lambda: parts.whitelist, tokens=lambda: checker,
+        audience=trustkit.BOX_CLIENT, max_per_peer=1, request_timeout=1.0)
     guard.audit = AuditWriter(store.db, flush_interval=0)
 
     async def slow(request: web.Request) -> web.Response:
@@ -97,11 +61,9 @@ async def box(peers: Any, pki: Any, tmp_path: Path) -> AsyncIterator[dict[str, A
     app = make_app(lambda: (True, {}), {"/dicom-web": sub}, behind_gateway=True)
     client = TestClient(TestServer(app, host="127.0.0.1", port=0))
     await client.start_server()
-    der = x509.load_pem_x509_certificate(pki.structures[1].auth_cert.read_bytes()).public_bytes(
-        Encoding.DER)
-    token = psc.issue_token("radiologue", "peer-box")["access_token"]
-    headers = {"X-Drimbox-Client-Cert": base64.b64encode(der).decode(),
-               "Authorization": f"Bearer {token}", "KOS-SOPInstanceUID": built.sop_instance_uid}
+    headers = {"X-Drimbox-Client-Cert": parts.peer_cert_header,
+               "Authorization": f"Bearer {parts.token()}",
+               "KOS-SOPInstanceUID": built.sop_instance_uid}
     yield {"client": client, "url": f"/dicom-web/studies/{study}", "headers": headers,
            "release": release, "store": store, "audit": guard.audit}
     release.set()
