@@ -103,6 +103,7 @@ def build(config: Config) -> Daemon:
 def _guard(config: Config, store: Store, whitelist: Any, psc: Any) -> Guard:
     """The DICOMweb access guard: peers by whitelist + PSC token + KOS, sessions, open_to."""
     from appliance.keys.certs import load_pem_certificates
+    from appliance.trust.crl import CrlSource
 
     anchors: list[Any] = []
 
@@ -121,6 +122,9 @@ def _guard(config: Config, store: Store, whitelist: Any, psc: Any) -> Guard:
         whitelist=(whitelist.current if whitelist is not None else lambda: None),
         tokens=lambda: psc,
         audience=config.psc.audience or config.psc.client_id,
+        revocation=(CrlSource(config.box.data_dir / "trust" / "crl",
+                              timeout=config.trust.fetch_timeout)
+                    if config.trust.peer_revocation == "require" else None),
         open_to=config.dicomweb.open_to,
         max_per_peer=config.dicomweb.max_concurrent_per_peer,
         request_timeout=config.dicomweb.request_timeout)

@@ -251,6 +251,9 @@ class TrustConfig:
     # must not list it; "off": not checked (development only).
     revocation: str = field(default="require", metadata=_check(_one_of("require", "off")))
     fetch_timeout: float = field(default=20.0, metadata=_check(_positive))
+    # A peer box's client certificate: "require" its issuer's CRL (plain HTTP, cached until
+    # nextUpdate) to say it is not revoked; "off": not checked (development only).
+    peer_revocation: str = field(default="require", metadata=_check(_one_of("require", "off")))
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from appliance.generate import synthetic_study  # noqa: E402
 from appliance.hl7.ack import parse_ack  # noqa: E402
 from appliance.hl7.mllp import MllpClient  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
+from tests.peers import trustkit  # noqa: E402
 from tests.peers.ans.server import AnsPeer  # noqa: E402  (the simulated ANS whitelist)
 from tests.peers.ans.signer import domain_for_certificate  # noqa: E402
 from tests.peers.network import source_box_config, start_simulator, with_tls  # noqa: E402
@@ -106,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
              "Pro Santé Connect")
         ans = AnsPeer.start(work / "ans")
         ans.publish([domain_for_certificate(pki.structures[1].auth_cert, "902", "db2.test")])
+        # The structures' TLS certificates name their CA's CRL (served by the test ANS here).
+        crl_url = f"{ans.base}/crl/{trustkit.IGC_ORG_CRL}.crl"
+        ans.extra_crls[trustkit.IGC_ORG_CRL] = pki.crl("org")
+        chains = [trustkit.auth_chain(pki, i, work / f"auth-{i}.pem", crl_url=crl_url)[0]
+                  for i in (0, 1)]
         psc = start_psc(pki, work / "psc")
         dn = [_subject(s.auth_cert) for s in pki.structures]
         psc.register_client("drimbox-source", ["https://localhost/cb"], dn[0])
@@ -155,8 +161,8 @@ ca_file = "{pki.bundle}"
         step("a peer DRIMbox (structure 2, its token key) reads each series of the KOS: mTLS "
              "+ PSC token + KOS-SOPInstanceUID")
         env = box.env
-        peer = PeerClient(pki, 1, pki.structures[1].auth_cert, env)
-        stranger = PeerClient(pki, 0, pki.structures[0].auth_cert, env)
+        peer = PeerClient(pki, 1, chains[1], env)
+        stranger = PeerClient(pki, 0, chains[0], env)
         peers += [peer, stranger]
         pro = psc.issue_token("radiologue", "drimbox-peer")["access_token"]
         wanted = {"KOS-SOPInstanceUID": manifest.sop_instance_uid,

@@ -106,12 +106,29 @@ class TestPki:
     def issue(self, public_key: PublicKey, subject: x509.Name, use: str, *,
               issuer: str = "org", hosts: Sequence[str] = (),
               not_before: dt.datetime | None = None,
-              not_after: dt.datetime | None = None) -> x509.Certificate:
-        """Issue one more certificate (for tests: expired, wrong usage, another key...)."""
-        ca_file = self.org_ca if issuer == "org" else self.server_ca
-        ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
+              not_after: dt.datetime | None = None,
+              crl_url: str | None = None) -> x509.Certificate:
+        """Issue one more certificate (for tests: expired, wrong usage, another key, a CRL
+        distribution point at ``crl_url`` as IGC-Santé certificates have...)."""
+        ca = self._ca(issuer)
         return _leaf(public_key, subject, use, ca, self._ca_keys[issuer], hosts,
-                     not_before, not_after)
+                     not_before, not_after, crl_url)
+
+    def _ca(self, issuer: str) -> x509.Certificate:
+        ca_file = self.org_ca if issuer == "org" else self.server_ca
+        return x509.load_pem_x509_certificate(ca_file.read_bytes())
+
+    def crl(self, issuer: str = "org", revoked: Sequence[int] = ()) -> bytes:
+        """A current DER CRL of that issuing CA listing the ``revoked`` serial numbers."""
+        now = _now()
+        b = (x509.CertificateRevocationListBuilder().issuer_name(self._ca(issuer).subject)
+             .last_update(now - dt.timedelta(minutes=5))
+             .next_update(now + dt.timedelta(days=1)))
+        for serial in revoked:
+            b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial)
+                                          .revocation_date(now - dt.timedelta(hours=1)).build())
+        return b.sign(self._ca_keys[issuer], hashes.SHA256()).public_bytes(
+            serialization.Encoding.DER)
 
 
 def _name(cn: str, ou: str | None = None, o: str | None = None) -> x509.Name:
@@ -160,7 +177,8 @@ _USAGE = {
 def _leaf(public_key: PublicKey, subject: x509.Name, use: str, ca: x509.Certificate,
           ca_key: rsa.RSAPrivateKey, hosts: Sequence[str] = (),
           not_before: dt.datetime | None = None,
-          not_after: dt.datetime | None = None) -> x509.Certificate:
+          not_after: dt.datetime | None = None,
+          crl_url: str | None = None) -> x509.Certificate:
     now = _now()
     ku, eku = _USAGE[use]
     b = (x509.CertificateBuilder()
@@ -177,6 +195,9 @@ def _leaf(public_key: PublicKey, subject: x509.Name, use: str, ca: x509.Certific
                         critical=False))
     if eku:
         b = b.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    if crl_url:
+        b = b.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+            [x509.UniformResourceIdentifier(crl_url)], None, None, None)]), critical=False)
     if hosts:
         names: list[x509.GeneralName] = []
         for h in hosts:

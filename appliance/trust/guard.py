@@ -96,6 +96,8 @@ class Guard:
     whitelist: Callable[[], Whitelist | None] = lambda: None
     tokens: Callable[[], TokenChecker | None] = lambda: None
     audience: str = ""
+    # The peer certificate's CRL check (appliance.trust.crl.CrlSource); None = not checked.
+    revocation: Any = None
     open_to: Sequence[str] = ()
     max_per_peer: int = 4
     request_timeout: float = 600.0
@@ -103,8 +105,8 @@ class Guard:
     patient_of: Callable[[str], str] = lambda _study: ""   # blocking: the store's lookup
     _networks: list[Any] = field(default_factory=list, init=False)
     _busy: dict[str, int] = field(default_factory=dict, init=False)
-    # Certificates whose chain verified: DER -> the end of the chain's validity. Checking a
-    # chain costs ~130 us of signature checks; a peer presents the same certificate each time.
+    # Certificates that passed: DER -> until when (see _check_certificate). Checking a chain
+    # costs ~130 us of signature checks; a peer presents the same certificate each time.
     _verified: dict[bytes, float] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -180,10 +182,27 @@ class Guard:
         dn = cert.subject.rfc4514_string()
         structure = certs.structure_id(cert) or ""
         who = Who(f"peer:{dn}", peer_dn=dn, structure=structure)
-        try:
-            self._check_certificate(cert)
-        except certs.CertificateRefused as e:
-            raise Refused(403, f"client certificate refused: {e}", who=who) from None
+        from .crl import CrlUnavailable, Revoked, http_distribution_points
+
+        der = cert.public_bytes(Encoding.DER)
+        until = self._verified.get(der)
+        if until is None or time.time() >= until:
+            try:
+                until = await asyncio.get_running_loop().run_in_executor(
+                    None, self._check_certificate, cert)
+            except certs.CertificateRefused as e:
+                raise Refused(403, f"client certificate refused: {e}", who=who) from None
+            except Revoked as e:
+                raise Refused(403, f"client certificate refused: {e}", who=who) from None
+            except CrlUnavailable as e:
+                if not http_distribution_points(cert):   # the certificate's fault
+                    raise Refused(403, f"client certificate refused: {e}", who=who) from None
+                raise Refused(503, f"revocation status unavailable: {e}",
+                              "the certificate's revocation status cannot be checked now; "
+                              "try again", who=who) from None
+            if len(self._verified) >= 1024:
+                self._verified.clear()
+            self._verified[der] = until
         whitelist = self.whitelist()
         if whitelist is None:
             raise Refused(403, "no verified national whitelist: peer boxes are refused",
@@ -230,21 +249,20 @@ class Guard:
             raise Refused(404, opened.reason, NOT_FOUND, who=who)
         return Access("peer", who, opened.visible, kos)
 
-    def _check_certificate(self, cert: x509.Certificate) -> None:
-        """TLS-client usage, dates, and the chain to the anchors (the verdict of the chain is
-        kept until the first expiry in it; dates are checked at every request)."""
-        der = cert.public_bytes(Encoding.DER)
-        until = self._verified.get(der)
-        if until is not None and time.time() < until:
-            return
+    def _check_certificate(self, cert: x509.Certificate) -> float:
+        """TLS-client usage, dates, the chain to the anchors and, when configured, the issuer's
+        CRL (blocking: from an executor). Returns until when the verdict holds: the first
+        expiry in the chain or the CRL's nextUpdate, whichever comes first."""
         anchors = self.anchors()
         if not anchors:
             raise certs.CertificateRefused("no trust anchor configured (hsm.trust_anchors)")
         certs.check_usage(cert, "tls-client")
         chain = certs.validate_chain(cert, anchors)
-        if len(self._verified) >= 1024:
-            self._verified.clear()
-        self._verified[der] = min(c.not_valid_after_utc.timestamp() for c in chain)
+        until = min(c.not_valid_after_utc.timestamp() for c in chain)
+        if self.revocation is not None and len(chain) > 1:
+            status = self.revocation.check(cert, chain[1])
+            until = min(until, status.next_update.timestamp())
+        return until
 
     async def _session(self, session_id: str) -> Access:
         assert self.sessions is not None

@@ -81,3 +81,20 @@ def store_publication(db: Any, study_uid: str, kos: bytes, kos_uid: str,
         c.execute("INSERT INTO publications(kos_sop_uid, study_uid, job_id, version, kos,"
                   " entry_uuid, state, created_at) VALUES (?,?,?,1,?,'urn:uuid:x',?,0)",
                   (kos_uid, study_uid, job, kos, state))
+
+
+IGC_ORG_CRL = "igc-org"   # the name the ANS peer serves the test IGC-Santé ORG CA's CRL under
+
+
+def auth_chain(pki: Any, structure: int, out: Path, *, crl_url: str | None,
+               not_before: Any = None, not_after: Any = None) -> tuple[Path, x509.Certificate]:
+    """A new certificate for structure ``structure``'s token auth key (the key never leaves the
+    token: only its public half is certified), with a CRL distribution point as IGC-Santé
+    certificates have; written with its issuing CA to ``out``."""
+    from cryptography.hazmat.primitives.serialization import Encoding as Enc
+
+    current = x509.load_pem_x509_certificate(pki.structures[structure].auth_cert.read_bytes())
+    cert = pki.issue(current.public_key(), current.subject, "tls-client", crl_url=crl_url,
+                     not_before=not_before, not_after=not_after)
+    out.write_bytes(cert.public_bytes(Enc.PEM) + pki.org_ca.read_bytes())
+    return out, cert

@@ -25,7 +25,6 @@ from typing import Any, Iterator
 import pydicom
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from appliance.dicom.kos import parse_kos
 from appliance.generate import synthetic_study
@@ -33,6 +32,7 @@ from appliance.hl7.ack import parse_ack
 from appliance.hl7.mllp import MllpClient
 from tests.peers.ans.server import AnsPeer
 from tests.peers.ans.signer import domain_for_certificate
+from tests.peers import trustkit
 from tests.peers.network import REPO, SourceBox, source_box_config, with_tls
 from tests.peers.peerbox import PeerClient, dicom_parts
 from tests.peers.psc.launcher import start_psc
@@ -58,6 +58,7 @@ class Network:
     peer: PeerClient          # structure 2, on the whitelist
     stranger: PeerClient      # structure 1's own key: a valid certificate, not on the whitelist
     expired: PeerClient       # structure 2's key with an expired certificate
+    revoked: PeerClient       # structure 2's key with a certificate its CA's CRL lists
     patient: Patient
     author: Professional
     exam: Exam
@@ -123,6 +124,15 @@ def net(pki: Any, dmp_simulator: Any, pacs: Any,
           for i, s in enumerate(pki.structures)}
     ans = AnsPeer.start(tmp / "ans")
     ans.publish([domain_for_certificate(peer.auth_cert, PEER_DOMAIN, "db2.test")])
+    # IGC-Santé certificates name their CA's CRL; the test ANS serves the test CA's.
+    crl_url = f"{ans.base}/crl/{trustkit.IGC_ORG_CRL}.crl"
+    chains = {n: trustkit.auth_chain(pki, i, tmp / f"{n}.pem", crl_url=crl_url)
+              for n, i in (("peer", 1), ("stranger", 0), ("revoked", 1))}
+    now = dt.datetime.now(dt.UTC)
+    chains["expired"] = trustkit.auth_chain(pki, 1, tmp / "expired.pem", crl_url=crl_url,
+                                            not_before=now - dt.timedelta(days=30),
+                                            not_after=now - dt.timedelta(days=1))
+    ans.extra_crls[trustkit.IGC_ORG_CRL] = pki.crl("org", [chains["revoked"][1].serial_number])
     psc = start_psc(pki, tmp / "psc")
     psc.register_client(SOURCE_CLIENT, ["https://db1.test/cb"], dn[0])
     psc.register_client(PEER_CLIENT, ["https://db2.test/cb"], dn[1], audiences=[SOURCE_CLIENT])
@@ -158,18 +168,8 @@ ca_file = "{pki.bundle}"
             "state"] == "published"
         (kos,) = published_kos(dmp_simulator, exam.study_uid)
         assert retrieve_into_box(box, exam.study_uid) == len(files)
-
-        # The expired certificate: structure 2's own key, certified for a time that is over.
-        cert = x509.load_pem_x509_certificate(peer.auth_cert.read_bytes())
-        now = dt.datetime.now(dt.UTC)
-        old = pki.issue(cert.public_key(), cert.subject, "tls-client",
-                        not_before=now - dt.timedelta(days=30),
-                        not_after=now - dt.timedelta(days=1))
-        expired_chain = tmp / "expired.pem"
-        expired_chain.write_bytes(old.public_bytes(Encoding.PEM) + pki.org_ca.read_bytes())
-        env = box.env
-        peers = [PeerClient(pki, 1, peer.auth_cert, env), PeerClient(pki, 0, source.auth_cert, env),
-                 PeerClient(pki, 1, expired_chain, env)]
+        peers = [PeerClient(pki, i, chains[n][0], box.env)
+                 for n, i in (("peer", 1), ("stranger", 0), ("expired", 1), ("revoked", 1))]
         yield Network(box, pacs, psc, ans, *peers, patient, author, exam,  # type: ignore[misc]
                       kos.sop_instance_uid,
                       {s.series_uid: {x.sop_instance_uid for x in s.sops} for s in kos.series},
@@ -287,6 +287,7 @@ def test_every_refusal_has_its_status_and_its_audit_row(net: Network) -> None:
         (None, path, h, 401, "authentication required"),                      # no client cert
         (net.stranger, path, h, 403, "not on the national whitelist"),
         (net.expired, path, h, 403, "expired"),
+        (net.revoked, path, h, 403, "as revoked"),
         (net.peer, path, {k: v for k, v in h.items() if k != "Authorization"}, 401,
          "access token is required"),
         (net.peer, path, net.headers(net.token(audiences=[PEER_CLIENT])), 401,

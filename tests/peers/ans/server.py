@@ -38,6 +38,9 @@ class AnsPeer:
         self.fault: str | None = None
         self.crl_fault: str | None = None
         self.hits: dict[str, int] = {"list": 0, "crl": 0}
+        # Other CAs' CRLs served here too (name -> DER): the test IGC-Santé issuing CAs, as
+        # igc-sante.esante.gouv.fr serves them in production.
+        self.extra_crls: dict[str, bytes] = {}
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="ans-peer",
@@ -138,6 +141,9 @@ class AnsPeer:
         if self.crl_fault == "garbage":
             return web.Response(body=os.urandom(512))
         name = request.match_info["name"]
+        if name in self.extra_crls:
+            return web.Response(body=self.extra_crls[name],
+                                content_type="application/pkix-crl")
         if name not in ("root", "inter"):
             raise web.HTTPNotFound()
         return web.Response(body=self.pki.crl(name), content_type="application/pkix-crl")
