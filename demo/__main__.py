@@ -119,17 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                             audiences=["drimbox-source"])
 
         step("starting the source DRIMbox (drimbox run; HTTPS through its TLS gateway)")
-        extra = f"""
-[trust]
-whitelist_url = "{ans.url}"
-whitelist_anchors = ["{ans.anchor}"]
-
-[psc]
-enabled = true
-discovery_url = "{psc.discovery_url}"
-client_id = "drimbox-source"
-ca_file = "{pki.bundle}"
-"""
+        extra = trustkit.box_config(ans, psc, "drimbox-source", pki.bundle)
         box = with_tls(source_box_config(work / "box", pki, sim, pacs, extra=extra,
                                          public_url="https://localhost:{http}"), pki).start()
         base = f"https://localhost:{box.http}"

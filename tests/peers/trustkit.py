@@ -98,3 +98,19 @@ def auth_chain(pki: Any, structure: int, out: Path, *, crl_url: str | None,
                      not_before=not_before, not_after=not_after)
     out.write_bytes(cert.public_bytes(Enc.PEM) + pki.org_ca.read_bytes())
     return out, cert
+
+
+def box_config(ans: Any, psc: Any, client_id: str, ca_file: Path) -> str:
+    """The ``[trust]`` and ``[psc]`` sections of a box that trusts this test ANS and PSC."""
+    return f"""
+[trust]
+whitelist_url = "{ans.url}"
+whitelist_anchors = ["{ans.anchor}"]
+revocation = "require"
+
+[psc]
+enabled = true
+discovery_url = "{psc.discovery_url}"
+client_id = "{client_id}"
+ca_file = "{ca_file}"
+"""

@@ -146,18 +146,7 @@ def net(pki: Any, dmp_simulator: Any, pacs: Any,
     pacs.upload(files)
     dmp_simulator.add_patient(f"{patient.ins}^^^&{patient.ins_oid}&ISO^NH")
 
-    extra = f"""
-[trust]
-whitelist_url = "{ans.url}"
-whitelist_anchors = ["{ans.anchor}"]
-revocation = "require"
-
-[psc]
-enabled = true
-discovery_url = "{psc.discovery_url}"
-client_id = "{SOURCE_CLIENT}"
-ca_file = "{pki.bundle}"
-"""
+    extra = trustkit.box_config(ans, psc, SOURCE_CLIENT, pki.bundle)
     box = with_tls(source_box_config(tmp / "box", pki, dmp_simulator, pacs, extra=extra,
                                      public_url="https://localhost:{http}"), pki)
     box.start()

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.dmp.pki import name
+
 SIGNER_CN = "Liste Blanche DRIM-M"
 SIGNER_OU = "318751275100020"
 SIGNER_O = "AGENCE DU NUMERIQUE EN SANTE"
@@ -25,12 +27,7 @@ SIGNERS = ("good", "expired", "revoked", "other-ou")
 
 
 def _name(cn: str, ou: str | None = None, o: str = "ANS TEST") -> x509.Name:
-    attrs = [x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
-             x509.NameAttribute(NameOID.ORGANIZATION_NAME, o)]
-    if ou:
-        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou))
-    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
-    return x509.Name(attrs)
+    return name(cn, ou, o)
 
 
 def _key() -> rsa.RSAPrivateKey:
