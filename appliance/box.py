@@ -12,6 +12,7 @@ re-initialised when its token comes back.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -88,7 +89,7 @@ def build(config: Config) -> Daemon:
     guard = _guard(config, store, whitelist, psc)
     subapps: dict[str, web.Application] = {
         "/api/admin": admin.make_app(config, store, pacs, outbox),
-        "/dicom-web": dicomweb.make_app(store, guard=guard, base_url=None),
+        "/dicom-web": dicomweb.make_app(store, guard=guard),
     }
     daemon = Daemon(config, components)
     app_socket = gateway.plan.app_socket if gateway is not None and gateway.plan.ingress \
@@ -105,20 +106,14 @@ def _guard(config: Config, store: Store, whitelist: Any, psc: Any) -> Guard:
     from appliance.keys.certs import load_pem_certificates
     from appliance.trust.crl import CrlSource
 
-    anchors: list[Any] = []
-
-    def trust_anchors() -> list[Any]:
-        if not anchors and config.hsm.trust_anchors:
-            anchors.extend(load_pem_certificates(config.hsm.trust_anchors))
-        return anchors
-
     if config.dicomweb.open_to:
         log.warning("dicomweb.open_to lets these addresses read patient data without a token",
                     extra={"open_to": ",".join(config.dicomweb.open_to)})
     return Guard(
         sessions=SessionStore(store.db_lazy),
         published=PublishedKos(store.db_lazy) if config.roles.source else None,
-        anchors=trust_anchors,
+        # Read once, at the first peer request (the files are checked by the keys component).
+        anchors=functools.cache(lambda: load_pem_certificates(config.hsm.trust_anchors)),
         whitelist=(whitelist.current if whitelist is not None else lambda: None),
         tokens=lambda: psc,
         audience=config.psc.audience or config.psc.client_id,

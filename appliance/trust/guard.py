@@ -21,6 +21,7 @@ what, status, reason); what is served is audited by the handler with the bytes i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import time
@@ -34,10 +35,15 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from appliance.audit import AuditUnavailable, AuditWriter, Who
 from appliance.keys import certs
+from appliance.psc.errors import PscUnavailable, TokenRefused
+from appliance.psc.model import Professional
 from appliance.store import valid_uid
+from appliance.web.server import client_certificate
 
+from .crl import CrlUnavailable, Revoked, http_distribution_points
 from .published import EVERYTHING, PublishedKos, Visible
 from .sessions import COOKIE, SessionStore
+from .whitelist import Whitelist
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +51,10 @@ KOS_HEADER = "KOS-SOPInstanceUID"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class Whitelist(Protocol):
-    def domain_for_subject(self, name: x509.Name) -> Any: ...
-
-
 class TokenChecker(Protocol):
-    async def check_access_token(self, token: str, audience: str) -> Any: ...
+    """Pro Santé Connect's verdict on an access token (``appliance.psc.link.PscLink``)."""
+
+    async def check_access_token(self, token: str, audience: str) -> Professional: ...
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,6 @@ class Access:
     ground: str           # peer, session, site
     who: Who
     visible: Visible
-    kos_sop_uid: str = ""
 
 
 _ACCESS = web.RequestKey("drimbox_access", Access)
@@ -117,8 +120,13 @@ class Guard:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method == "OPTIONS":      # CORS preflight: answered without data
             return await handler(request)
+        key = ""
         try:
             access = await self._decide(request)
+            key = access.who.peer_dn if access.ground == "peer" else ""
+            if key and self._busy.get(key, 0) >= self.max_per_peer:
+                raise Refused(429, f"more than {self.max_per_peer} concurrent requests from "
+                              "this peer (dicomweb.max_concurrent_per_peer)", who=access.who)
         except Refused as r:
             await self._refusal(request, r)
             headers = {}
@@ -130,14 +138,7 @@ class Guard:
             return web.json_response({"status": r.status, "reason": r.public},
                                      status=r.status, headers=headers)
         request[_ACCESS] = access
-        key = access.who.peer_dn if access.ground == "peer" else ""
         if key:
-            if self._busy.get(key, 0) >= self.max_per_peer:
-                r = Refused(429, f"more than {self.max_per_peer} concurrent requests from this "
-                            "peer (dicomweb.max_concurrent_per_peer)", who=access.who)
-                await self._refusal(request, r)
-                return web.json_response({"status": 429, "reason": r.public}, status=429,
-                                         headers={"Retry-After": "1"})
             self._busy[key] = self._busy.get(key, 0) + 1
         try:
             async with asyncio.timeout(self.request_timeout):
@@ -160,8 +161,6 @@ class Guard:
 
     # -- the decision --------------------------------------------------------------------------
     async def _decide(self, request: web.Request) -> Access:
-        from appliance.web.server import client_certificate
-
         try:
             cert = client_certificate(request)
         except web.HTTPBadRequest:
@@ -180,29 +179,8 @@ class Guard:
 
     async def _peer(self, request: web.Request, cert: x509.Certificate) -> Access:
         dn = cert.subject.rfc4514_string()
-        structure = certs.structure_id(cert) or ""
-        who = Who(f"peer:{dn}", peer_dn=dn, structure=structure)
-        from .crl import CrlUnavailable, Revoked, http_distribution_points
-
-        der = cert.public_bytes(Encoding.DER)
-        until = self._verified.get(der)
-        if until is None or time.time() >= until:
-            try:
-                until = await asyncio.get_running_loop().run_in_executor(
-                    None, self._check_certificate, cert)
-            except certs.CertificateRefused as e:
-                raise Refused(403, f"client certificate refused: {e}", who=who) from None
-            except Revoked as e:
-                raise Refused(403, f"client certificate refused: {e}", who=who) from None
-            except CrlUnavailable as e:
-                if not http_distribution_points(cert):   # the certificate's fault
-                    raise Refused(403, f"client certificate refused: {e}", who=who) from None
-                raise Refused(503, f"revocation status unavailable: {e}",
-                              "the certificate's revocation status cannot be checked now; "
-                              "try again", who=who) from None
-            if len(self._verified) >= 1024:
-                self._verified.clear()
-            self._verified[der] = until
+        who = Who(f"peer:{dn}", peer_dn=dn, structure=certs.structure_id(cert) or "")
+        await self._verify_certificate(cert, who)
         whitelist = self.whitelist()
         if whitelist is None:
             raise Refused(403, "no verified national whitelist: peer boxes are refused",
@@ -211,8 +189,7 @@ class Guard:
         if domain is None:
             raise Refused(403, "the certificate's structure is not on the national whitelist",
                           who=who)
-        who = Who(f"peer:{dn}", peer_dn=dn,
-                  structure=str(getattr(domain, "identifier", "") or structure))
+        who = dataclasses.replace(who, structure=domain.identifier or who.structure)
         token = _bearer(request)
         if token is None:
             raise Refused(401, "a Pro Santé Connect access token is required "
@@ -221,8 +198,6 @@ class Guard:
         if checker is None:
             raise Refused(403, "this box checks no Pro Santé Connect token (psc.enabled is "
                           "false): peer boxes are refused", who=who)
-        from appliance.psc.errors import PscUnavailable, TokenRefused
-
         try:
             pro = await checker.check_access_token(token, self.audience)
         except TokenRefused as e:
@@ -231,8 +206,7 @@ class Guard:
         except PscUnavailable as e:
             raise Refused(503, f"Pro Santé Connect unavailable: {e}",
                           "the access token cannot be checked now; try again", who=who) from None
-        who = Who(who.actor, peer_dn=dn, structure=who.structure,
-                  professional=str(getattr(pro, "rpps", "") or ""))
+        who = dataclasses.replace(who, professional=pro.rpps)
         kos = request.headers.get(KOS_HEADER, "").strip()
         if not kos:
             raise Refused(400, f"the {KOS_HEADER} header is required", who=who)
@@ -241,13 +215,33 @@ class Guard:
         if self.published is None:
             raise Refused(404, "this box publishes nothing (roles.source is false)", NOT_FOUND,
                           who=who)
-        study = request.match_info.get("study")
-        published = self.published
-        opened = await asyncio.get_running_loop().run_in_executor(None, published.open, kos,
-                                                                  study)
+        opened = await asyncio.get_running_loop().run_in_executor(
+            None, self.published.open, kos, request.match_info.get("study"))
         if opened.visible is None:
             raise Refused(404, opened.reason, NOT_FOUND, who=who)
-        return Access("peer", who, opened.visible, kos)
+        return Access("peer", who, opened.visible)
+
+    async def _verify_certificate(self, cert: x509.Certificate, who: Who) -> None:
+        """Refused (403, or 503 when its CRL cannot be had) unless the certificate passes
+        :meth:`_check_certificate`; a pass is remembered until it stops holding."""
+        der = cert.public_bytes(Encoding.DER)
+        until = self._verified.get(der)
+        if until is not None and time.time() < until:
+            return
+        try:
+            until = await asyncio.get_running_loop().run_in_executor(
+                None, self._check_certificate, cert)
+        except (certs.CertificateRefused, Revoked) as e:
+            raise Refused(403, f"client certificate refused: {e}", who=who) from None
+        except CrlUnavailable as e:
+            if not http_distribution_points(cert):   # the certificate's fault
+                raise Refused(403, f"client certificate refused: {e}", who=who) from None
+            raise Refused(503, f"revocation status unavailable: {e}",
+                          "the certificate's revocation status cannot be checked now; "
+                          "try again", who=who) from None
+        if len(self._verified) >= 1024:
+            self._verified.clear()
+        self._verified[der] = until
 
     def _check_certificate(self, cert: x509.Certificate) -> float:
         """TLS-client usage, dates, the chain to the anchors and, when configured, the issuer's

@@ -47,6 +47,7 @@ class SessionStore:
             raise ValueError("a session belongs to a professional")
         session_id = secrets.token_urlsafe(32)
         now = time.time() if now is None else now
+        self.purge_expired(now)     # the table holds live sessions only (indexed on expiry)
         self.db.execute(
             "INSERT INTO sessions(id_hash, professional, structure, display, studies, created_at,"
             " expires_at) VALUES (?,?,?,?,?,?,?)",

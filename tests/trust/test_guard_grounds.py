@@ -197,8 +197,10 @@ async def test_ended_expired_or_forged_sessions_are_refused(store: Store, client
         r = await c.get("/dicom-web/studies", headers={"Cookie": f"{COOKIE}={sid}"})
         assert r.status == 401
         assert "session unknown or expired" in (await r.json())["reason"]
-    # Only a hash of the id is stored: state.db opens no session.
+    # Only a hash of the id is stored: state.db opens no session; creating one drops the
+    # expired ones.
     live = sessions.create("810001234567")
+    assert len(store.db.query("SELECT 1 FROM sessions")) == 1
     assert live not in str([dict(r) for r in store.db.query("SELECT * FROM sessions")])
 
 
