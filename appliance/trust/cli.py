@@ -101,6 +101,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``whitelist`` and its commands to the top-level ``drimbox`` parser."""
+    from appliance.cli import _add_config_arg
+
     wl = subparsers.add_parser("whitelist", help="national whitelist (ListeBlancheDRIM-M) tools")
     sub = wl.add_subparsers(dest="whitelist_command", metavar="ACTION", required=True)
     p = sub.add_parser("verify", help="verify a signed ListeBlancheDRIM-M file")
@@ -118,7 +120,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="CRL fetch timeout (seconds)")
     p.set_defaults(func=run, whitelist_func=cmd_verify)
     p = sub.add_parser("show", help="summary of the list the box has stored")
-    p.add_argument("-c", "--config", required=True, metavar="FILE", type=Path)
+    _add_config_arg(p)
     p.set_defaults(func=run, whitelist_func=cmd_show)
     return wl
 

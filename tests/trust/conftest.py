@@ -20,20 +20,21 @@ SIGNED = LISTS / "liste-blanche-signee/LISTEBLANCHE_DRIM-M_SIGNEE_TEST.xml"
 UNSIGNED = LISTS / "liste-blanche-non-signee/LISTEBLANCHE_DRIM-M_NONSIGNEE_TEST.xml"
 
 
+def _ans_file(conformance_dir: Path, rel: str | Path, what: str) -> bytes:
+    p = conformance_dir / rel
+    if not p.is_file():
+        pytest.skip(f"ANS {what} whitelist not found at {p}")
+    return p.read_bytes()
+
+
 @pytest.fixture(scope="session")
 def ans_signed(conformance_dir: Path) -> bytes:
-    p = conformance_dir / SIGNED
-    if not p.is_file():
-        pytest.skip(f"ANS signed whitelist not found at {p}")
-    return p.read_bytes()
+    return _ans_file(conformance_dir, SIGNED, "signed")
 
 
 @pytest.fixture(scope="session")
 def ans_unsigned(conformance_dir: Path) -> bytes:
-    p = conformance_dir / UNSIGNED
-    if not p.is_file():
-        pytest.skip(f"ANS unsigned whitelist not found at {p}")
-    return p.read_bytes()
+    return _ans_file(conformance_dir, UNSIGNED, "unsigned")
 
 
 @pytest.fixture(scope="session")
