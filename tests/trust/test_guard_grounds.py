@@ -7,6 +7,7 @@ test_peer_access.py.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import sqlite3
@@ -248,3 +249,34 @@ async def test_audit_export_csv_and_cli(store: Store, two_studies: Any, clients:
     p = subprocess.run([sys.executable, "-m", "appliance.cli", "audit", "export", "-c", str(cfg),
                         "--since", "yesterday"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "ISO 8601" in p.stderr
+
+
+async def test_hostile_headers_never_break_the_guard(store: Store, clients: list) -> None:
+    """Arbitrary Authorization, Cookie, KOS and forwarding headers: a clear 4xx (or the site
+    tool's 200 for the named address), never a 5xx, and nothing served to a stranger."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    sessions = SessionStore(store.db)
+    c = await serve(store, Guard(sessions=sessions, open_to=["10.1.1.1"]), behind_gateway=True)
+    clients.append(c)
+    text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=80)
+    results: list[tuple[int, bool]] = []
+
+    @settings(max_examples=60, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(auth=text, cookie=text, kos=text, forwarded=st.sampled_from(
+        ["10.1.1.1", "192.0.2.9", "::1", "not-an-address", ""]))
+    def one(auth: str, cookie: str, kos: str, forwarded: str) -> None:
+        headers = {"Authorization": auth, "Cookie": f"{COOKIE}={cookie}" if cookie else "",
+                   "KOS-SOPInstanceUID": kos, "X-Forwarded-For": forwarded}
+        future = asyncio.run_coroutine_threadsafe(c.get("/dicom-web/studies", headers=headers),
+                                                  loop)
+        r = future.result(30)
+        results.append((r.status, forwarded == "10.1.1.1" and not cookie))
+
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, one)
+    assert results
+    for status, site in results:
+        assert status == (200 if site else 401), (status, site)

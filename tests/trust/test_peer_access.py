@@ -284,6 +284,9 @@ def test_every_refusal_has_its_status_and_its_audit_row(net: Network) -> None:
         (net.peer, path, net.headers(kos=pydicom.uid.generate_uid(prefix="2.25.")), 404,
          "no KOS of this box"),
         (net.peer, "/studies/1.2.3.4.5/series/6.7", h, 404, "another study"),
+        (net.peer, path, {k: v for k, v in h.items() if k != "KOS-SOPInstanceUID"}, 400,
+         "header is required"),
+        (net.peer, path, net.headers(kos="1.2.x;DROP"), 400, "not a valid UID"),
     ]
     for client, p, headers, status, reason in cases:
         refusal(net, client, p, headers, status, reason)
